@@ -1,0 +1,37 @@
+"""OpenClacky's privacy-first usage telemetry for IPython and Jupyter.
+
+``%load_ext clacky_ipy`` sends the startup event; ``%%clacky`` cells (and every
+cell with ``track_cells``) send task events. Outside IPython use `startup`,
+`task`, `track` and `flush`. Opt out with ``CLACKY_TELEMETRY=0``,
+``DO_NOT_TRACK=1``, ``c.ClackyTelemetry.enabled = False`` or
+``%clacky_telemetry off``.
+"""
+
+from .client import __version__, flush, startup, task, track
+from .config import ClackyTelemetry
+
+
+def load_ipython_extension(shell):  # noqa: ANN001 - IPython's hook signature
+    """``%load_ext clacky_ipy``. IPython is imported here, not by the Python API."""
+    from .magics import load
+
+    load(shell)
+
+
+def unload_ipython_extension(shell):  # noqa: ANN001
+    """``%unload_ext clacky_ipy``."""
+    from .magics import unload
+
+    unload(shell)
+
+
+__all__ = [
+    "ClackyTelemetry",
+    "__version__",
+    "flush",
+    "load_ipython_extension",
+    "startup",
+    "task",
+    "track",
+    "unload_ipython_extension",
+]

@@ -1,0 +1,292 @@
+"""The process's telemetry client: one configuration, one transport, one startup event.
+
+The extension attaches its `ClackyTelemetry` here; without IPython a default one
+built from the environment is used, so the Python API works in plain scripts.
+`submit()` is the only thing the user's thread runs per event: an opt-out check and
+a queue put. The payload is completed and cleaned on the worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from . import payload
+from .config import ClackyTelemetry, env_off_reason, persist_off, persisted_off
+from .identity import (
+    clacky_home,
+    detect_ci,
+    detect_container,
+    device_and_brand,
+    launch_source,
+)
+from .transport import Plan, Transport
+
+__version__ = "0.1.0"
+USER_AGENT = f"clacky-ipy/{__version__}"
+
+
+class Client:
+    """Process-wide state. Use the module functions below rather than this class."""
+
+    def __init__(self) -> None:
+        self._config: ClackyTelemetry | None = None
+        self.frontend: str | None = None
+        self.transport = Transport(self._plan, lambda: self.config.shutdown_timeout)
+        self.startup_sent = False
+        self.startup_pending = False  # wanted while telemetry was off: goes out once it is on
+        self.printed = 0  # events written to stderr in debug mode
+        self._context: dict[str, Any] | None = None
+        self._context_lock = threading.Lock()
+        self._user_off = False  # the persisted %clacky_telemetry off
+        self._config_off: str | None = None  # why the configuration keeps telemetry off
+        self._debug = False
+
+    def reset(self) -> None:
+        """Forget everything, as a new process would (for tests)."""
+        config = self._config
+        if config is not None:
+            config.unobserve(self._config_changed)
+        self.transport.reset()
+        self._config = None
+        self.frontend = None
+        self.startup_sent = self.startup_pending = False
+        self.printed = 0
+        self._context = None
+        self._user_off = False
+        self._config_off = None
+        self._debug = False
+
+    # -- configuration -----------------------------------------------------------
+    @property
+    def config(self) -> ClackyTelemetry:
+        if self._config is None:
+            self.attach(ClackyTelemetry())
+        assert self._config is not None
+        return self._config
+
+    def attach(self, config: ClackyTelemetry, frontend: str | None = None) -> None:
+        """Use `config` from now on (the extension's, or a default one)."""
+        if self._config is not None:
+            self._config.unobserve(self._config_changed)
+        self._config = config
+        self.frontend = frontend
+        self._user_off = persisted_off()
+        config.observe(self._config_changed)
+        self._config_changed(None)
+
+    def detach(self, config: ClackyTelemetry) -> None:
+        """The extension was unloaded: fall back to a default configuration."""
+        if self._config is config:
+            config.unobserve(self._config_changed)
+            self._config = None
+
+    def _config_changed(self, change: Any) -> None:
+        config = self._config
+        assert config is not None
+        was_off = self.off_reason()
+        if not config.enabled:
+            self._config_off = "ClackyTelemetry.enabled is False"
+        elif config.endpoint_problem:
+            self._config_off = f"{config.endpoint_problem} (telemetry stays off until a valid endpoint is set)"
+        else:
+            self._config_off = None
+        self._debug = config.debug
+        self.transport.max_queue_size = config.max_queue_size
+        self._on_or_off(was_off)
+
+    def _on_or_off(self, was_off: str | None) -> None:
+        """React to a switch: discard what is queued when off, send a pending startup when on."""
+        now_off = self.off_reason()
+        if now_off and not was_off:
+            self.transport.discard()
+        elif not now_off and self.startup_pending:
+            self.startup()
+
+    def off_reason(self) -> str | None:
+        """Why telemetry is off right now, or None when it is on. Cheap: called per event."""
+        return env_off_reason() or self._config_off or (
+            "turned off with %clacky_telemetry off" if self._user_off else None
+        )
+
+    def set_user_off(self, off: bool) -> str | None:
+        """``%clacky_telemetry on|off``: persist the choice; returns an error text if it could not be saved."""
+        was_off = self.off_reason()
+        self._user_off = off
+        error = None
+        try:
+            persist_off(off)
+        except OSError as exc:
+            error = f"could not save the choice in {clacky_home()}: {exc.strerror or exc}"
+        if not off and not self.config.enabled:
+            self.config.enabled = True  # an explicit "on" also lifts the session's config switch
+        self._on_or_off(was_off)
+        return error
+
+    # -- events ------------------------------------------------------------------
+    def submit(self, event: str, fields: dict[str, Any]) -> bool:
+        """Queue one event unless telemetry is off. Never raises, never blocks."""
+        if self.off_reason():
+            return False
+        if self.startup_pending and event != "startup":
+            self.startup()
+        if self._debug:
+            return self._print(event, fields)
+        return self.transport.submit(event, fields)
+
+    def startup(self) -> bool:
+        """Send the process's one startup event; later calls do nothing."""
+        if self.startup_sent:
+            return False
+        if self.off_reason():
+            self.startup_pending = True
+            return False
+        self.startup_sent, self.startup_pending = True, False
+        return self.submit("startup", {})
+
+    def task(
+        self, trigger: str, error: BaseException | None, duration_ms: int | None, result: Any = None, **fields: Any
+    ) -> bool:
+        """A task event from what happened. The result's metrics win; `fields` fill what it lacks."""
+        event = {**fields, **payload.task_metrics(result)}
+        event["trigger"] = trigger
+        event["status"] = payload.status_of(error, event.get("status"))
+        if event["status"] == "error" and error is not None:
+            event["error_kind"] = payload.error_kind(error)
+        if duration_ms is not None:
+            event["duration_ms"] = duration_ms
+        return self.submit("task", event)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.transport.flush(self.config.shutdown_timeout if timeout is None else timeout)
+
+    # -- payloads ------------------------------------------------------------------
+    def context(self) -> dict[str, Any]:
+        """The fields every event shares, computed once, off the user's thread when possible."""
+        if self._context is None:
+            with self._context_lock:
+                if self._context is None:
+                    device_id, brand = device_and_brand(clacky_home())
+                    ipython = sys.modules.get("IPython")
+                    self._context = {
+                        "device_id": device_id,
+                        "brand": brand,
+                        "version": __version__,
+                        "os": sys.platform,
+                        "python_version": "{}.{}.{}".format(*sys.version_info[:3]),
+                        "ipython_version": getattr(ipython, "__version__", None),
+                        "launch_source": launch_source(),
+                        "ci": detect_ci(),
+                        "container": detect_container(),
+                    }
+        return self._context
+
+    def build(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """The payload exactly as sent: shared context, then the event's fields, cleaned."""
+        return payload.clean(event, {**self.context(), "frontend": self.frontend, **fields})
+
+    def _plan(self, event: str, fields: dict[str, Any]) -> Plan | None:
+        """Called by the worker just before sending: the opt-out is checked again here."""
+        if self.off_reason():
+            return None
+        config = self.config
+        hosts = (config.endpoint, *config.fallback_endpoints)
+        return Plan(self.build(event, fields), hosts, config.timeout, USER_AGENT)
+
+    def _print(self, event: str, fields: dict[str, Any]) -> bool:
+        """Debug mode: one JSON line on stderr instead of a request."""
+        try:
+            line = json.dumps({"event": event, "payload": self.build(event, fields)}, sort_keys=True)
+            print(line, file=sys.stderr, flush=True)
+            self.printed += 1
+            return True
+        except Exception:
+            return False
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``%clacky_telemetry status`` shows."""
+        config = self.config
+        paused = max(0.0, self.transport.paused_until - time.monotonic())
+        return {
+            "on": self.off_reason() is None,
+            "off_reason": self.off_reason(),
+            "endpoint": config.endpoint,
+            "fallback_endpoints": list(config.fallback_endpoints),
+            "device_id": self.context()["device_id"],
+            "track_cells": config.track_cells,
+            "debug": self._debug,
+            "queued": self.transport.queued,
+            "sent": self.transport.sent,
+            "failed": self.transport.failed,
+            "dropped": self.transport.dropped,
+            "printed": self.printed,
+            "paused_seconds": round(paused, 1),
+            "last_error": self.transport.last_error,
+        }
+
+
+CLIENT = Client()
+os.register_at_fork(after_in_child=CLIENT.transport.reset)
+
+
+# -- the public Python API ----------------------------------------------------------
+def startup() -> bool:
+    """Send the startup event (once per process). True when it was queued now."""
+    try:
+        return CLIENT.startup()
+    except Exception:
+        return False
+
+
+def task(result: Any = None, **fields: Any) -> bool:
+    """Send a task event (trigger ``api``) with the metrics of the agent's `result` mapping.
+
+    Keyword fields are payload keys (``model=``, ``provider=``, ``status=``,
+    ``duration_ms=`` ...) that fill what the result lacks; unknown keys are
+    dropped. ``error=exc`` sends status ``error`` with the exception's class name.
+    True when the event was queued.
+    """
+    try:
+        error = fields.pop("error", None)
+        error = error if isinstance(error, BaseException) else None
+        return CLIENT.task("api", error, None, result, **fields)
+    except Exception:
+        return False
+
+
+class Tracker:
+    """What `track()` yields: set `result` to attach the agent's metrics."""
+
+    result: Any = None
+
+
+@contextmanager
+def track(model: str | None = None, provider: str | None = None) -> Iterator[Tracker]:
+    """Time a block and send one task event (trigger ``api``); exceptions pass through."""
+    tracker = Tracker()
+    start = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        yield tracker
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        try:
+            duration = round((time.perf_counter() - start) * 1000)
+            CLIENT.task("api", error, duration, tracker.result, model=model, provider=provider)
+        except Exception:
+            pass
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait at most `timeout` seconds (default: shutdown_timeout) for the queue to drain."""
+    try:
+        return CLIENT.flush(timeout)
+    except Exception:
+        return False

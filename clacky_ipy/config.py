@@ -1,0 +1,212 @@
+"""Configuration: the `ClackyTelemetry` configurable and the opt-out switches.
+
+Traits come from ``ipython_config.py``, the command line and ``%config``; the
+environment supplies defaults and can always turn telemetry off. A refused value
+prints one line, keeps the previous value and never breaks a later construction.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, observe, validate
+from traitlets.config import Config, Configurable
+
+from .identity import clacky_home
+
+DEFAULT_ENDPOINT = "https://www.openclacky.com"
+DEFAULT_FALLBACKS = ("https://api.1024code.com", "https://openclacky.up.railway.app")
+DOCS_URL = "https://github.com/clacky-ai/clacky-ipy#what-is-sent"
+
+OFF_WORDS = ("0", "false", "off", "no")
+DO_NOT_TRACK_WORDS = ("1", "true", "yes")
+
+#: Files in the Clacky home; their existence is the setting.
+OFF_FILE = "ipy-telemetry-off"
+NOTICE_FILE = "ipy-telemetry-notice-shown"
+
+
+def url_problem(url: Any) -> str | None:
+    """Why `url` is not an http(s) base URL, or None when it is one."""
+    if not isinstance(url, str):
+        return f"{url!r} is not a string"
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"{url!r} is not an http(s) URL"
+    return None
+
+
+def env_off_reason(env: Mapping[str, str] = os.environ) -> str | None:
+    """The environment's opt-out, which config can never override."""
+    value = env.get("CLACKY_TELEMETRY")
+    if value is not None and value.strip().lower() in OFF_WORDS:
+        return f"CLACKY_TELEMETRY={value} in the environment"
+    value = env.get("DO_NOT_TRACK")
+    if value is not None and value.strip().lower() in DO_NOT_TRACK_WORDS:
+        return f"DO_NOT_TRACK={value} in the environment"
+    return None
+
+
+def env_flag(name: str, env: Mapping[str, str] = os.environ) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true")
+
+
+def persisted_off(home: Path | None = None) -> bool:
+    """True once ``%clacky_telemetry off`` was run for this Clacky home."""
+    return ((home or clacky_home()) / OFF_FILE).exists()
+
+
+def persist_off(off: bool, home: Path | None = None) -> None:
+    """Save or clear the user's ``%clacky_telemetry off`` (raises OSError if it cannot)."""
+    path = (home or clacky_home()) / OFF_FILE
+    if off:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("telemetry turned off by %clacky_telemetry off\n", encoding="utf-8")
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _refusal(message: str) -> None:
+    """One line on stderr: what was refused and what stays."""
+    print(f"clacky_ipy: {message}", file=sys.stderr)
+
+
+class ClackyTelemetry(Configurable):
+    """Anonymous usage telemetry for OpenClacky agents in IPython and Jupyter."""
+
+    enabled = Bool(
+        True, help="Send telemetry. The environment (CLACKY_TELEMETRY=0, DO_NOT_TRACK=1) always wins."
+    ).tag(config=True)
+    endpoint = Unicode(
+        help="Base URL of the telemetry server (default: $CLACKY_LICENSE_SERVER, else "
+        f"{DEFAULT_ENDPOINT}). Events go to {{endpoint}}/api/v1/telemetry/startup and /task."
+    ).tag(config=True)
+    fallback_endpoints = List(
+        Unicode(),
+        help="Hosts tried in order after a connection error. Default: the gem's two "
+        "fallbacks, or none when `endpoint` was set by environment or config.",
+    ).tag(config=True)
+    track_cells = Bool(
+        False, help="Send a task event (trigger 'cell') for every executed top-level cell."
+    ).tag(config=True)
+    timeout = Float(3.0, help="Seconds, used as both connect and read timeout of one request.").tag(
+        config=True
+    )
+    shutdown_timeout = Float(
+        1.0, help="The most seconds interpreter exit may wait to deliver queued events."
+    ).tag(config=True)
+    max_queue_size = Int(
+        1000, help="Bound of the in-memory queue; when full, new events are dropped and counted."
+    ).tag(config=True)
+    debug = Bool(
+        help="Write each event to stderr as one JSON line instead of sending it "
+        "(default: True when CLACKY_TELEMETRY_DEBUG is 1/true)."
+    ).tag(config=True)
+
+    #: Why a refused endpoint keeps telemetry off (None when the endpoint is usable).
+    #: A trait (not config) so that the client hears when it changes.
+    endpoint_problem = Unicode(None, allow_none=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._fallbacks_chosen = False  # set once the user picks fallback_endpoints
+        self._refused: list[str] = []
+        super().__init__(**kwargs)
+
+    @default("endpoint")
+    def _default_endpoint(self) -> str:
+        env = os.environ.get("CLACKY_LICENSE_SERVER", "").strip()
+        if not env:
+            return DEFAULT_ENDPOINT
+        problem = url_problem(env)
+        if problem:
+            self.endpoint_problem = f"CLACKY_LICENSE_SERVER={problem}"
+        return env.rstrip("/")
+
+    @default("fallback_endpoints")
+    def _default_fallbacks(self) -> list[str]:
+        custom = self.endpoint != DEFAULT_ENDPOINT or os.environ.get("CLACKY_LICENSE_SERVER")
+        return [] if custom else list(DEFAULT_FALLBACKS)
+
+    @default("debug")
+    def _default_debug(self) -> bool:
+        return env_flag("CLACKY_TELEMETRY_DEBUG")
+
+    @validate("endpoint")
+    def _check_endpoint(self, proposal: Any) -> str:
+        problem = url_problem(proposal.value)
+        if problem:
+            raise TraitError(f"endpoint {problem}")
+        self.endpoint_problem = None
+        return proposal.value.strip().rstrip("/")
+
+    @validate("fallback_endpoints")
+    def _check_fallbacks(self, proposal: Any) -> list[str]:
+        for url in proposal.value:
+            problem = url_problem(url)
+            if problem:
+                raise TraitError(f"fallback_endpoints: {problem}")
+        return [url.strip().rstrip("/") for url in proposal.value]
+
+    @validate("timeout", "shutdown_timeout")
+    def _check_seconds(self, proposal: Any) -> float:
+        if not proposal.value > 0:  # also refuses NaN
+            raise TraitError(f"{proposal.trait.name} must be a positive number of seconds")
+        return proposal.value
+
+    @validate("max_queue_size")
+    def _check_queue_size(self, proposal: Any) -> int:
+        if proposal.value < 1:
+            raise TraitError("max_queue_size must be a positive integer")
+        return proposal.value
+
+    @observe("endpoint")
+    def _endpoint_changed(self, change: Any) -> None:
+        if not self._fallbacks_chosen:  # fallbacks follow the endpoint until the user sets them
+            self.set_trait("fallback_endpoints", [] if change.new != DEFAULT_ENDPOINT else list(DEFAULT_FALLBACKS))
+            self._fallbacks_chosen = False
+
+    @observe("fallback_endpoints")
+    def _fallbacks_changed(self, change: Any) -> None:
+        self._fallbacks_chosen = True
+
+    # -- tolerant config loading -------------------------------------------------
+    #: (name, repr(value)) refused by a live %config. IPython still merges them into
+    #: shell.config, so a later construction skips them quietly instead of refusing twice.
+    _refused_live: set[tuple[str, str]] = set()
+
+    def _load_config(self, cfg: Config, section_names: Any = None, traits: Any = None) -> None:
+        """Load each value on its own, so one bad value is refused alone.
+
+        traitlets would otherwise roll back every value of the batch and raise
+        out of the constructor (IPython keeps a refused ``%config`` value in
+        ``shell.config``, so the next ``%reload_ext`` would crash).
+        """
+        mine = self._find_my_config(cfg)
+        for name in sorted(mine, key=lambda n: n != "endpoint"):  # endpoint first: fallbacks follow it
+            if (name, repr(mine[name])) in self._refused_live:
+                continue
+            one = Config({type(self).__name__: {name: mine[name]}})
+            old = getattr(self, name, None) if name in self.trait_names() else None
+            try:
+                super()._load_config(one, section_names, traits)
+            except TraitError as err:
+                self._refused.append(name)
+                if name == "endpoint":
+                    self.endpoint_problem = f"ClackyTelemetry.endpoint {url_problem(mine[name])}"
+                    _refusal(f"refused ClackyTelemetry.{name}: {err}; kept {old!r}; telemetry is off until a valid endpoint is set")
+                else:
+                    _refusal(f"refused ClackyTelemetry.{name}: {err}; kept {old!r}")
+
+    def update_config(self, config: Config) -> None:
+        """``%config``: refused values are not kept, so they are not applied again later."""
+        self._refused = []
+        super().update_config(config)
+        section = self.config.get(type(self).__name__)
+        for name in self._refused:
+            if isinstance(section, Config) and name in section:
+                type(self)._refused_live.add((name, repr(section.pop(name))))

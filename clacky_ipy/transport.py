@@ -1,0 +1,208 @@
+"""Delivery: one daemon thread, one bounded queue, one keep-alive session per process.
+
+The caller's thread only puts a small tuple on a queue. Everything slow — importing
+requests, building the payload, the network — happens on the worker thread, which
+never retries an HTTP error, fails over to the next host only when the connection
+itself failed, and backs off after a 429. Nothing here raises or prints.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import threading
+import time
+from queue import Empty, SimpleQueue
+from typing import Any, Callable, NamedTuple, Optional
+
+from .payload import PATHS
+
+_STOP = object()
+RETRY_AFTER_DEFAULT = 60.0
+RETRY_AFTER_MAX = 300.0
+
+
+class Plan(NamedTuple):
+    """What the worker needs to send one event, decided at send time."""
+
+    payload: dict[str, Any]
+    hosts: tuple[str, ...]
+    timeout: float
+    user_agent: str
+
+
+#: Turns a queued (event, fields) into a Plan, or None when telemetry is now off.
+Planner = Callable[[str, "dict[str, Any]"], Optional[Plan]]
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float:
+    """Seconds to pause after a 429: ``Retry-After`` as seconds or HTTP date, else 60; at most 300."""
+    if not value:
+        return RETRY_AFTER_DEFAULT
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return RETRY_AFTER_DEFAULT
+        seconds = when - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return RETRY_AFTER_DEFAULT
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+class Transport:
+    """A queue and the one thread that drains it. Safe to call from any thread."""
+
+    def __init__(self, planner: Planner, shutdown_timeout: Callable[[], float]) -> None:
+        self._planner = planner
+        self._shutdown_timeout = shutdown_timeout
+        self.max_queue_size = 1000
+        self._atexit_registered = False
+        self._thread: threading.Thread | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Fresh queue, thread and counters: in a forked child (whose locks may be held
+        and which has no worker thread), and in tests. A running worker is told to stop."""
+        if self._thread is not None and self._thread.is_alive():  # never true in a forked child
+            self._queue.put(_STOP)
+        self._queue: SimpleQueue = SimpleQueue()
+        self._thread = None
+        self._lock = threading.Lock()
+        self.sent = self.failed = self.dropped = 0
+        self.paused_until = 0.0  # time.monotonic() before which events are dropped (429)
+        self.last_error: str | None = None
+
+    # -- caller's side: cheap, never blocks -------------------------------------
+    def submit(self, event: str, fields: dict[str, Any]) -> bool:
+        """Queue one event; False (and counted) when the queue is full."""
+        if self._queue.qsize() >= self.max_queue_size:
+            self._count_dropped()
+            return False
+        self._queue.put((event, fields))
+        if self._thread is None:
+            self._start()
+        return True
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds for everything queued so far; True when drained."""
+        if self._thread is None:
+            return self._queue.qsize() == 0
+        marker = threading.Event()
+        self._queue.put(marker)
+        return marker.wait(timeout)
+
+    def discard(self) -> int:
+        """Drop everything still queued (telemetry was turned off); returns how many."""
+        n = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except Empty:
+                break
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is not _STOP:
+                n += 1
+        self._count_dropped(n)
+        return n
+
+    def _count_dropped(self, n: int = 1) -> None:
+        with self._lock:
+            self.dropped += n
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._run, args=(self._queue,), name="clacky-telemetry", daemon=True)
+            thread.start()
+            self._thread = thread
+            if not self._atexit_registered:
+                atexit.register(self._at_exit)
+                self._atexit_registered = True
+
+    def _at_exit(self) -> None:
+        """Bounded: exit never waits more than shutdown_timeout on the network."""
+        try:
+            self.flush(self._shutdown_timeout())
+        except Exception:
+            pass
+
+    # -- worker's side -----------------------------------------------------------
+    def _run(self, queue: SimpleQueue) -> None:
+        try:
+            import requests  # imported here so the user's thread never pays for it
+
+            session = requests.Session()
+            session.trust_env = False  # never read ~/.netrc credentials; proxies are added below
+        except Exception as exc:  # requests missing or broken: count, never raise
+            session, requests = None, None
+            self.last_error = type(exc).__name__
+        proxies: dict[str, dict[str, str]] = {}
+        while True:
+            item = queue.get()
+            if item is _STOP:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            try:
+                self._deliver(requests, session, proxies, *item)
+            except Exception as exc:  # a bug here must never reach the user
+                self.failed += 1
+                self.last_error = type(exc).__name__
+
+    def _deliver(self, requests: Any, session: Any, proxies: dict, event: str, fields: dict) -> None:
+        plan = self._planner(event, fields)
+        if plan is None or time.monotonic() < self.paused_until:
+            self._count_dropped()
+            return
+        if session is None:
+            self.failed += 1
+            return
+        body = json.dumps(plan.payload, separators=(",", ":"), allow_nan=False).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": plan.user_agent}
+        for host in plan.hosts:
+            url = host + PATHS[event]
+            if host not in proxies:
+                proxies[host] = requests.utils.get_environ_proxies(url)
+            try:
+                response = session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=plan.timeout,
+                    proxies=proxies[host],
+                    allow_redirects=False,
+                )
+            except requests.ConnectionError as exc:  # incl. connect timeout: the server has nothing
+                self.last_error = type(exc).__name__
+                continue
+            except requests.RequestException as exc:  # read timeout: it may have the event, never resend
+                self.failed += 1
+                self.last_error = type(exc).__name__
+                return
+            response.close()
+            if 200 <= response.status_code < 300:
+                self.sent += 1
+                return
+            self.failed += 1
+            self.last_error = f"HTTP {response.status_code}"
+            if response.status_code == 429:
+                self.paused_until = time.monotonic() + retry_after_seconds(response.headers.get("Retry-After"))
+            return
+        self.failed += 1  # every host refused the connection

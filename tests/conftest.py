@@ -1,0 +1,172 @@
+"""Shared fixtures: an isolated environment, a real HTTP receiver, a real shell.
+
+Nothing here may reach the real OpenClacky hosts: the session points
+CLACKY_LICENSE_SERVER at a closed loopback port and CLACKY_HOME at a temporary
+directory before any test runs, and tests that want delivery point the endpoint
+at a pytest-httpserver on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set at import time, before any ClackyTelemetry can read its defaults.
+_HOME = tempfile.mkdtemp(prefix="clacky-home-")
+CLOSED_URL = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
+ISOLATION = {"CLACKY_LICENSE_SERVER": CLOSED_URL, "CLACKY_HOME": _HOME}
+SWITCHES = ("CLACKY_TELEMETRY", "DO_NOT_TRACK", "CLACKY_TELEMETRY_DEBUG", "CLACKY_LAUNCHED_BY")
+os.environ.update(ISOLATION)
+for _name in SWITCHES:
+    os.environ.pop(_name, None)
+
+from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
+
+import clacky_ipy  # noqa: E402
+from clacky_ipy import client as client_module  # noqa: E402
+from clacky_ipy.config import ClackyTelemetry  # noqa: E402
+
+CLIENT = client_module.CLIENT
+TELEMETRY_PATH = re.compile(r"/api/v1/telemetry/(startup|task)")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def never_the_real_hosts():
+    """Session-wide: loopback endpoint, temporary Clacky home, no inherited switches."""
+    assert os.environ["CLACKY_LICENSE_SERVER"] == CLOSED_URL
+    yield
+    assert os.environ.get("CLACKY_LICENSE_SERVER", CLOSED_URL).startswith("http://127.0.0.1")
+
+
+@pytest.fixture
+def home(monkeypatch, tmp_path) -> Path:
+    """A fresh Clacky home for one test."""
+    path = tmp_path / "clacky-home"
+    monkeypatch.setenv("CLACKY_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def env(monkeypatch, home):
+    """Per-test environment switches, undone afterwards."""
+    for name in SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+class Receiver:
+    """What the local server received, decoded."""
+
+    def __init__(self, server):
+        self.server = server
+        self.url = server.url_for("").rstrip("/")
+
+    def respond(self, status=201, headers=None):
+        self.server.clear_all_handlers()
+        self.server.expect_request(TELEMETRY_PATH, method="POST").respond_with_data("", status=status, headers=headers)
+
+    @property
+    def requests(self):
+        return [request for request, _ in self.server.log]
+
+    def events(self, kind=None):
+        out = []
+        for request in self.requests:
+            event = request.path.rsplit("/", 1)[-1]
+            if kind is None or event == kind:
+                out.append(json.loads(request.get_data()))
+        return out
+
+    def wait(self, timeout=5.0):
+        assert clacky_ipy.flush(timeout), "the queue did not drain"
+
+
+@pytest.fixture
+def receiver(httpserver):
+    """A real HTTP server on 127.0.0.1 that answers 201 to both telemetry paths."""
+    rec = Receiver(httpserver)
+    rec.respond()
+    return rec
+
+
+@pytest.fixture
+def fresh_client(env):
+    """The process-wide client as a new process would have it."""
+    CLIENT.transport.flush(2)
+    CLIENT.reset()
+    yield CLIENT
+    CLIENT.transport.flush(2)
+    CLIENT.reset()
+
+
+def _unload(ip):
+    if "clacky_ipy" in ip.extension_manager.loaded:
+        ip.run_line_magic("unload_ext", "clacky_ipy")
+
+
+@pytest.fixture
+def ip(fresh_client):
+    """A real InteractiveShell with no clacky_ipy config and the extension unloaded."""
+    shell = InteractiveShell.instance()
+    _unload(shell)
+    shell.config.pop("ClackyTelemetry", None)
+    ClackyTelemetry._refused_live.clear()
+    yield shell
+    _unload(shell)
+    shell.config.pop("ClackyTelemetry", None)
+
+
+def run(shell, source):
+    """Run one top-level cell, as a frontend does."""
+    return shell.run_cell(source, store_history=True)
+
+
+def load(shell, **traits):
+    """Set ClackyTelemetry traits in the shell's config, then %load_ext in a cell."""
+    for name, value in traits.items():
+        shell.config.ClackyTelemetry[name] = value
+    result = run(shell, "%load_ext clacky_ipy")
+    assert result.success, result.error_in_exec
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def blackhole():
+    """A server that accepts connections (the kernel does) and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+@pytest.fixture
+def refused_url():
+    """A loopback URL where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def subprocess_env(**extra):
+    """The environment for a child interpreter: isolated, with this checkout importable."""
+    env = {k: v for k, v in os.environ.items() if k not in SWITCHES}
+    env.update(ISOLATION)
+    # the same clacky_ipy as this process imported (the installed one, or a checkout)
+    env["PYTHONPATH"] = str(Path(clacky_ipy.__file__).resolve().parents[1])
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable
