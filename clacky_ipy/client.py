@@ -71,7 +71,9 @@ class Client:
         return self._config
 
     def attach(self, config: ClackyTelemetry, frontend: str | None = None) -> None:
-        """Use `config` from now on (the extension's, or a default one)."""
+        """Use `config` from now on: the extension's, or a default one built from the
+        environment. After ``%unload_ext`` the last one stays in effect, so queued
+        events still go where they were meant to."""
         if self._config is not None:
             self._config.unobserve(self._config_changed)
         self._config = config
@@ -79,12 +81,6 @@ class Client:
         self._user_off = persisted_off()
         config.observe(self._config_changed)
         self._config_changed(None)
-
-    def detach(self, config: ClackyTelemetry) -> None:
-        """The extension was unloaded: fall back to a default configuration."""
-        if self._config is config:
-            config.unobserve(self._config_changed)
-            self._config = None
 
     def _config_changed(self, change: Any) -> None:
         config = self._config

@@ -245,4 +245,3 @@ def unload(shell: Any) -> None:
     shell.configurables[:] = [c for c in shell.configurables if c is not magics and c is not magics.telemetry]
     magics.telemetry.unobserve(magics._track_changed, "track_cells")
     magics._frames.clear()
-    CLIENT.detach(magics.telemetry)
