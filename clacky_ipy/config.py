@@ -116,6 +116,7 @@ class ClackyTelemetry(Configurable):
         self._fallbacks_chosen = False  # set once the user picks fallback_endpoints
         self._refused: list[str] = []
         super().__init__(**kwargs)
+        self.endpoint  # noqa: B018 - resolve the env default now: a bad one must turn telemetry off
 
     @default("endpoint")
     def _default_endpoint(self) -> str:
