@@ -11,14 +11,14 @@ from .client import __version__, flush, startup, task, track
 from .config import ClackyTelemetry
 
 
-def load_ipython_extension(shell):  # noqa: ANN001 - IPython's hook signature
+def load_ipython_extension(shell):
     """``%load_ext clacky_ipy``. IPython is imported here, not by the Python API."""
     from .magics import load
 
     load(shell)
 
 
-def unload_ipython_extension(shell):  # noqa: ANN001
+def unload_ipython_extension(shell):
     """``%unload_ext clacky_ipy``."""
     from .magics import unload
 

@@ -13,8 +13,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from . import payload
 from .config import ClackyTelemetry, env_off_reason, persist_off, persisted_off
@@ -106,8 +107,10 @@ class Client:
 
     def off_reason(self) -> str | None:
         """Why telemetry is off right now, or None when it is on. Cheap: called per event."""
-        return env_off_reason() or self._config_off or (
-            "turned off with %clacky_telemetry off" if self._user_off else None
+        return (
+            env_off_reason()
+            or self._config_off
+            or ("turned off with %clacky_telemetry off" if self._user_off else None)
         )
 
     def set_user_off(self, off: bool) -> str | None:

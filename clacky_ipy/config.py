@@ -79,9 +79,9 @@ def _refusal(message: str) -> None:
 class ClackyTelemetry(Configurable):
     """Anonymous usage telemetry for OpenClacky agents in IPython and Jupyter."""
 
-    enabled = Bool(
-        True, help="Send telemetry. The environment (CLACKY_TELEMETRY=0, DO_NOT_TRACK=1) always wins."
-    ).tag(config=True)
+    enabled = Bool(True, help="Send telemetry. The environment (CLACKY_TELEMETRY=0, DO_NOT_TRACK=1) always wins.").tag(
+        config=True
+    )
     endpoint = Unicode(
         help="Base URL of the telemetry server (default: $CLACKY_LICENSE_SERVER, else "
         f"{DEFAULT_ENDPOINT}). Events go to {{endpoint}}/api/v1/telemetry/startup and /task."
@@ -91,18 +91,16 @@ class ClackyTelemetry(Configurable):
         help="Hosts tried in order after a connection error. Default: the gem's two "
         "fallbacks, or none when `endpoint` was set by environment or config.",
     ).tag(config=True)
-    track_cells = Bool(
-        False, help="Send a task event (trigger 'cell') for every executed top-level cell."
-    ).tag(config=True)
-    timeout = Float(3.0, help="Seconds, used as both connect and read timeout of one request.").tag(
+    track_cells = Bool(False, help="Send a task event (trigger 'cell') for every executed top-level cell.").tag(
         config=True
     )
-    shutdown_timeout = Float(
-        1.0, help="The most seconds interpreter exit may wait to deliver queued events."
-    ).tag(config=True)
-    max_queue_size = Int(
-        1000, help="Bound of the in-memory queue; when full, new events are dropped and counted."
-    ).tag(config=True)
+    timeout = Float(3.0, help="Seconds, used as both connect and read timeout of one request.").tag(config=True)
+    shutdown_timeout = Float(1.0, help="The most seconds interpreter exit may wait to deliver queued events.").tag(
+        config=True
+    )
+    max_queue_size = Int(1000, help="Bound of the in-memory queue; when full, new events are dropped and counted.").tag(
+        config=True
+    )
     debug = Bool(
         help="Write each event to stderr as one JSON line instead of sending it "
         "(default: True when CLACKY_TELEMETRY_DEBUG is 1/true)."
@@ -197,11 +195,11 @@ class ClackyTelemetry(Configurable):
                 super()._load_config(one, section_names, traits)
             except TraitError as err:
                 self._refused.append(name)
-                if name == "endpoint":
+                consequence = ""
+                if name == "endpoint":  # never fall back to the default hosts when meant elsewhere
                     self.endpoint_problem = f"ClackyTelemetry.endpoint {url_problem(mine[name])}"
-                    _refusal(f"refused ClackyTelemetry.{name}: {err}; kept {old!r}; telemetry is off until a valid endpoint is set")
-                else:
-                    _refusal(f"refused ClackyTelemetry.{name}: {err}; kept {old!r}")
+                    consequence = "; telemetry is off until a valid endpoint is set"
+                _refusal(f"refused ClackyTelemetry.{name}: {err}; kept {old!r}{consequence}")
 
     def update_config(self, config: Config) -> None:
         """``%config``: refused values are not kept, so they are not applied again later."""

@@ -135,7 +135,9 @@ class ClackyMagics(Magics):
         duration = round((perf_counter() - start) * 1000)
         error = inner.error_before_exec or inner.error_in_exec
         result = self._agent_result(opts.get("result"), inner.result)
-        CLIENT.task("magic", error, duration, result, model=_unquote(opts.get("model")), provider=_unquote(opts.get("provider")))
+        CLIENT.task(
+            "magic", error, duration, result, model=_unquote(opts.get("model")), provider=_unquote(opts.get("provider"))
+        )
         if error is not None and outer is not None:
             outer.error_in_exec = error  # the cell fails (Run All stops); the traceback was shown once
 
@@ -174,7 +176,11 @@ class ClackyMagics(Magics):
         elif command == "flush":
             timeout = self.telemetry.shutdown_timeout
             drained = CLIENT.flush()
-            print("Flushed: nothing left in the queue." if drained else f"Not drained within {timeout:g} s; still queued: {CLIENT.transport.queued}.")
+            print(
+                "Flushed: nothing left in the queue."
+                if drained
+                else f"Not drained within {timeout:g} s; still queued: {CLIENT.transport.queued}."
+            )
         else:
             raise UsageError(f"unknown argument {line.strip()!r}: use %clacky_telemetry [status|on|off|flush]")
 
@@ -194,7 +200,7 @@ def status_text(status: Mapping[str, Any]) -> str:
         + (f" (fallbacks: {', '.join(status['fallback_endpoints'])})" if status["fallback_endpoints"] else ""),
         f"Device id:    {status['device_id']}",
         f"track_cells:  {status['track_cells']}",
-        f"Events:       queued {status['queued']}, sent {status['sent']}, failed {status['failed']}, dropped {status['dropped']}",
+        "Events:       queued {queued}, sent {sent}, failed {failed}, dropped {dropped}".format(**status),
     ]
     if status["debug"]:
         lines.append(f"Debug:        on: events are printed to stderr, not sent ({status['printed']} printed)")

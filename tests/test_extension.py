@@ -212,7 +212,12 @@ def test_failing_clacky_cell_fails_the_cell_with_one_traceback(ip, receiver, cap
     assert shown.count("ValueError: sk-live-SECRET") == 1  # IPython's traceback, once
     receiver.wait()
     (event,) = receiver.events("task")
-    assert (event["trigger"], event["status"], event["error_kind"], event["model"]) == ("magic", "error", "ValueError", "m")
+    assert (event["trigger"], event["status"], event["error_kind"], event["model"]) == (
+        "magic",
+        "error",
+        "ValueError",
+        "m",
+    )
     assert "SECRET" not in json.dumps(event)
 
 
@@ -232,7 +237,11 @@ def test_clacky_line_form(ip, receiver):
     assert not run(ip, "%clacky 1/0").success
     receiver.wait()
     tasks = receiver.events("task")
-    assert [(e["trigger"], e["status"]) for e in tasks] == [("cell", "success"), ("magic", "success"), ("magic", "error")]
+    assert [(e["trigger"], e["status"]) for e in tasks] == [
+        ("cell", "success"),
+        ("magic", "success"),
+        ("magic", "error"),
+    ]
     assert tasks[1]["iterations"] == 4 and tasks[1]["model"] == "claude-sonnet-4"
 
 

@@ -6,8 +6,8 @@ import hashlib
 import math
 import socket
 import string
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 from hypothesis import given
@@ -123,10 +123,14 @@ def test_error_kind_is_the_class_name_only():
     assert payload.error_kind(None) is None
     # even when handed a message by hand, error_kind must look like a class name
     assert payload.clean("task", {"error_kind": "token abc123 rejected"}) == {}
-    assert payload.clean("task", {"error_kind": "requests.ConnectionError"}) == {"error_kind": "requests.ConnectionError"}
+    assert payload.clean("task", {"error_kind": "requests.ConnectionError"}) == {
+        "error_kind": "requests.ConnectionError"
+    }
 
 
-@given(st.dictionaries(st.text(max_size=30), st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text())))
+@given(
+    st.dictionaries(st.text(max_size=30), st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text()))
+)
 def test_clean_never_emits_an_unknown_key_a_null_or_a_long_string(fields):
     for event in ("startup", "task"):
         out = payload.clean(event, fields)

@@ -1,0 +1,98 @@
+"""``clacky-ipy`` / ``python -m clacky_ipy``: collect, report, demo."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from .collector import Collector
+
+    try:
+        collector = Collector(args.db, host=args.host, port=args.port, verbose=args.verbose)
+    except OSError as exc:
+        print(f"clacky-ipy collect: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"clacky-ipy collector on {collector.url}, storing in {args.db} (Ctrl-C to stop)", flush=True)
+    try:
+        collector.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        collector.stop()
+        print("collector stopped", flush=True)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from . import report
+
+    try:
+        data = report.build(args.db, days=args.days, exclude_ci=args.exclude_ci)
+    except FileNotFoundError as exc:
+        print(f"clacky-ipy report: {exc}", file=sys.stderr)
+        return 2
+    print(report.render(data, args.format), end="")
+    if args.plot:
+        try:
+            report.plot(data, args.plot)
+        except ImportError:
+            print("clacky-ipy report: --plot needs matplotlib: pip install 'clacky-ipy[plot]'", file=sys.stderr)
+            return 2
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main
+
+    return main(args.notebook)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive number of days")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clacky-ipy", description="OpenClacky telemetry for IPython: tools.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("collect", help="run the reference collector (SQLite)")
+    c.add_argument("--db", default="clacky-events.db", help="SQLite file (default: clacky-events.db)")
+    c.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    c.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    c.add_argument("--verbose", action="store_true", help="log each request (never the peer's address)")
+    c.set_defaults(func=_collect)
+
+    r = sub.add_parser("report", help="what the platform derives from a collector's database")
+    r.add_argument("--db", required=True, help="the collector's SQLite file")
+    r.add_argument("--days", type=_positive_int, help="only the last N days (default: everything)")
+    r.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    r.add_argument("--exclude-ci", action="store_true", help="leave out events sent from CI")
+    r.add_argument("--plot", metavar="FILE.png", help="also draw daily active devices and tasks per day")
+    r.set_defaults(func=_report)
+
+    d = sub.add_parser("demo", help="collector + quickstart notebook in a real kernel + report, offline")
+    d.add_argument("--notebook", help="run this notebook instead of the bundled quickstart")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

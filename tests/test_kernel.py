@@ -1,0 +1,120 @@
+"""Notebooks in a real Jupyter kernel (nbclient + ipykernel), events at a real local server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import nbformat
+import pytest
+from conftest import PYTHON, subprocess_env
+from nbclient.exceptions import CellExecutionError
+
+from clacky_ipy import payload
+from clacky_ipy.demo import execute_notebook, kernel_env, notebooks_dir
+
+NOTEBOOKS = sorted(notebooks_dir().glob("*.ipynb"))
+
+#: What each bundled notebook must deliver: (trigger, status, model) of its task events, in order.
+EXPECTED = {
+    "quickstart.ipynb": [
+        ("magic", "success", "claude-sonnet-4"),
+        ("magic", "success", "gpt-5"),
+        ("magic", "error", None),
+        ("magic", "success", "claude-sonnet-4"),
+        ("cell", "success", None),  # the cell that turned track_cells on
+        ("cell", "success", None),
+        ("api", "success", "claude-haiku-4"),
+    ],
+    "configuration.ipynb": [("cell", "success", None), ("cell", "success", None)],
+}
+
+
+def outputs(nb, kind="stream"):
+    return "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []) if o.output_type == kind)
+
+
+def run_notebook(path, receiver, tmp_path):
+    env = kernel_env(receiver.url, tmp_path / "home")
+    return execute_notebook(path, env, tmp_path)
+
+
+def test_every_notebook_is_covered():
+    assert {p.name for p in NOTEBOOKS} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_in_a_real_kernel(path, receiver, tmp_path):
+    nb = run_notebook(path, receiver, tmp_path)
+    startups = receiver.events("startup")
+    tasks = receiver.events("task")
+    assert len(startups) == 1 and startups[0]["frontend"] == "jupyter"
+    assert [(t["trigger"], t["status"], t.get("model")) for t in tasks] == EXPECTED[path.name]
+    for request in receiver.requests:
+        event = request.path.rsplit("/", 1)[-1]
+        body = json.loads(request.get_data())
+        assert set(body) <= set(payload.KEYS[event]), set(body) - set(payload.KEYS[event])
+        assert "local-only" not in request.get_data(as_text=True)  # the agent's session id stays home
+    assert "Traceback" not in outputs(nb) or path.name == "quickstart.ipynb"
+
+
+def test_quickstart_failing_cell_reports_the_class_only(receiver, tmp_path):
+    nb = run_notebook(notebooks_dir() / "quickstart.ipynb", receiver, tmp_path)
+    errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.output_type == "error"]
+    assert [e.ename for e in errors] == ["RuntimeError"]  # shown once, by IPython
+    (failed,) = [t for t in receiver.events("task") if t["status"] == "error"]
+    assert failed["error_kind"] == "RuntimeError"
+    assert "Deploy to production" not in json.dumps(receiver.events())
+    assert "Telemetry:    off (ClackyTelemetry.enabled is False)" in outputs(nb)
+
+
+def test_configuration_notebook_shows_refusal_and_debug_lines(receiver, tmp_path):
+    nb = run_notebook(notebooks_dir() / "configuration.ipynb", receiver, tmp_path)
+    text = outputs(nb)
+    assert "refused ClackyTelemetry.timeout" in text
+    debug = [json.loads(line) for line in text.splitlines() if line.startswith('{"event"')]
+    assert [d["event"] for d in debug] == ["task"] and debug[0]["payload"]["model"] == "claude-sonnet-4"
+    assert "off (CLACKY_TELEMETRY=0 in the environment)" in text
+
+
+def test_a_failing_clacky_cell_stops_run_all(receiver, tmp_path):
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("%load_ext clacky_ipy"),
+            nbformat.v4.new_code_cell("%%clacky\nraise ValueError('token=abc')"),
+            nbformat.v4.new_code_cell("print('never runs')"),
+        ]
+    )
+    path = tmp_path / "failing.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(CellExecutionError) as info:
+        run_notebook(path, receiver, tmp_path)
+    assert "ValueError" in str(info.value)
+    (task,) = receiver.events("task")
+    assert (task["status"], task["error_kind"]) == ("error", "ValueError")
+
+
+def test_interrupted_cell_in_a_kernel(receiver, tmp_path):
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("%load_ext clacky_ipy\n%config ClackyTelemetry.track_cells = True"),
+            nbformat.v4.new_code_cell("%%clacky\nraise KeyboardInterrupt", metadata={"tags": ["raises-exception"]}),
+            nbformat.v4.new_code_cell("await __import__('asyncio').sleep(0)"),  # an async cell is tracked too
+        ]
+    )
+    path = tmp_path / "interrupt.ipynb"
+    nbformat.write(nb, path)
+    run_notebook(path, receiver, tmp_path)
+    assert [(t["trigger"], t["status"]) for t in receiver.events("task")] == [
+        ("magic", "interrupted"),
+        ("cell", "success"),
+    ]
+
+
+def test_demo_command_runs_offline_and_exits_0(tmp_path):
+    env = subprocess_env(CLACKY_HOME=str(tmp_path / "home"))
+    proc = subprocess.run([PYTHON, "-m", "clacky_ipy", "demo"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Events received (8)" in proc.stdout
+    assert "unique_devices" in proc.stdout and "tasks_by_status" in proc.stdout
+    assert not (tmp_path / "home").exists()  # the demo never touches the user's Clacky home
