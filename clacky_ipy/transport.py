@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import threading
 import time
 from queue import Empty, SimpleQueue
@@ -20,6 +21,31 @@ from .payload import PATHS
 _STOP = object()
 RETRY_AFTER_DEFAULT = 60.0
 RETRY_AFTER_MAX = 300.0
+
+#: Held by a worker during its one-time set-up (importing requests, reading brand.yml).
+#: ``os.fork()`` waits for it, at most FORK_WAIT seconds, so that a child never inherits
+#: a half-imported module: the child would then fail every event (seen on Python 3.9).
+_SETUP = threading.Lock()
+FORK_WAIT = 2.0
+_fork_holds_setup = False
+
+
+def _before_fork() -> None:
+    global _fork_holds_setup
+    _fork_holds_setup = _SETUP.acquire(timeout=FORK_WAIT)
+
+
+def _after_fork_in_parent() -> None:
+    if _fork_holds_setup:
+        _SETUP.release()
+
+
+def _after_fork_in_child() -> None:
+    global _SETUP  # a lock the parent's worker may still hold would never be released here
+    _SETUP = threading.Lock()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 class Plan(NamedTuple):
@@ -58,8 +84,11 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float:
 class Transport:
     """A queue and the one thread that drains it. Safe to call from any thread."""
 
-    def __init__(self, planner: Planner, shutdown_timeout: Callable[[], float]) -> None:
+    def __init__(
+        self, planner: Planner, shutdown_timeout: Callable[[], float], warm_up: Callable[[], Any] = lambda: None
+    ) -> None:
         self._planner = planner
+        self._warm_up = warm_up
         self._shutdown_timeout = shutdown_timeout
         self.max_queue_size = 1000
         self._atexit_registered = False
@@ -92,10 +121,6 @@ class Transport:
     @property
     def queued(self) -> int:
         return self._queue.qsize()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def flush(self, timeout: float) -> bool:
         """Wait at most `timeout` seconds for everything queued so far; True when drained."""
@@ -143,15 +168,25 @@ class Transport:
             pass
 
     # -- worker's side -----------------------------------------------------------
-    def _run(self, queue: SimpleQueue) -> None:
-        try:
-            import requests  # imported here so the user's thread never pays for it
+    def _set_up(self) -> tuple[Any, Any]:
+        """Import requests and warm up, here so the user's thread never pays for it."""
+        with _SETUP:
+            try:
+                import requests
 
-            session = requests.Session()
-            session.trust_env = False  # never read ~/.netrc credentials; proxies are added below
-        except Exception as exc:  # requests missing or broken: count, never raise
-            session, requests = None, None
-            self.last_error = type(exc).__name__
+                session = requests.Session()
+                session.trust_env = False  # never read ~/.netrc credentials; proxies are added in _deliver
+            except Exception as exc:  # requests missing or broken: count, never raise
+                self.last_error = type(exc).__name__
+                return None, None
+            try:
+                self._warm_up()
+            except Exception:
+                pass  # retried when the first payload is built
+        return requests, session
+
+    def _run(self, queue: SimpleQueue) -> None:
+        requests, session = self._set_up()
         proxies: dict[str, dict[str, str]] = {}
         while True:
             item = queue.get()

@@ -61,6 +61,12 @@ def env(monkeypatch, home):
     return monkeypatch
 
 
+@pytest.fixture(scope="session")
+def httpserver_listen_address():
+    """pytest-httpserver on 127.0.0.1 (not "localhost"): no name lookups in the tests' requests."""
+    return ("127.0.0.1", 0)
+
+
 class Receiver:
     """What the local server received, decoded."""
 

@@ -148,6 +148,36 @@ def test_fork_child_gets_a_fresh_queue_and_thread(ip, receiver):
     assert models.count("child") == 1 and models.count("parent") == 20
 
 
+FORK_DURING_SETUP = """
+import os, sys, time, warnings
+warnings.simplefilter("ignore", DeprecationWarning)
+import clacky_ipy
+clacky_ipy.task(model="parent")  # starts the worker, which begins importing requests
+time.sleep(float(sys.argv[1]))
+pid = os.fork()
+if pid == 0:
+    clacky_ipy.task(model="child")
+    ok = clacky_ipy.flush(5) and clacky_ipy.client.CLIENT.transport.sent == 1
+    if not ok:
+        print(clacky_ipy.client.CLIENT.status(), file=sys.stderr, flush=True)
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+clacky_ipy.flush(5)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.01, 0.03])
+def test_fork_while_the_worker_sets_up(receiver, delay):
+    """A fork in the middle of the worker's `import requests` must not leave the child a half-imported module."""
+    env = subprocess_env(CLACKY_LICENSE_SERVER=receiver.url)
+    proc = subprocess.run([PYTHON, "-c", FORK_DURING_SETUP, str(delay)], env=env, capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b""
+    models = [e.get("model") for e in receiver.events("task")]
+    assert sorted(models) == ["child", "parent"]
+
+
 def _timed_exit(code, env, timeout=30):
     start = time.monotonic()
     proc = subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
