@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Callable
 
 from . import payload
 from .config import ClackyTelemetry, env_off_reason, persist_off, persisted_off
@@ -38,7 +38,7 @@ class Client:
     def __init__(self) -> None:
         self._config: ClackyTelemetry | None = None
         self.frontend: str | None = None
-        self.transport = Transport(self._plan, lambda: self.config.shutdown_timeout)
+        self.transport = Transport(self._plan, lambda: self.config.shutdown_timeout, warm_up=self.context)
         self.startup_sent = False
         self.startup_pending = False  # wanted while telemetry was off: goes out once it is on
         self.printed = 0  # events written to stderr in debug mode
@@ -47,6 +47,7 @@ class Client:
         self._user_off = False  # the persisted %clacky_telemetry off
         self._config_off: str | None = None  # why the configuration keeps telemetry off
         self._debug = False
+        self._listeners: list[Callable[[], None]] = []  # told when telemetry may have turned on or off
 
     def reset(self) -> None:
         """Forget everything, as a new process would (for tests)."""
@@ -104,14 +105,34 @@ class Client:
             self.transport.discard()
         elif not now_off and self.startup_pending:
             self.startup()
+        self._notify()
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever a switch or the configuration changed (the cell hooks follow it)."""
+        self._listeners.append(callback)
+
+    def unlisten(self, callback: Callable[[], None]) -> None:
+        self._listeners = [fn for fn in self._listeners if fn != callback]
+
+    def _notify(self) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback()
+            except Exception:
+                pass
+
+    @property
+    def switched_off(self) -> str | None:
+        """Why a switch of this process (config, ``%clacky_telemetry off``) keeps telemetry off.
+
+        Unlike the environment, these are seen when they change, so this is only
+        attribute reads: the cell hooks can afford it on every cell.
+        """
+        return self._config_off or ("turned off with %clacky_telemetry off" if self._user_off else None)
 
     def off_reason(self) -> str | None:
-        """Why telemetry is off right now, or None when it is on. Cheap: called per event."""
-        return (
-            env_off_reason()
-            or self._config_off
-            or ("turned off with %clacky_telemetry off" if self._user_off else None)
-        )
+        """Why telemetry is off right now, or None when it is on."""
+        return env_off_reason() or self.switched_off
 
     def set_user_off(self, off: bool) -> str | None:
         """``%clacky_telemetry on|off``: persist the choice; returns an error text if it could not be saved."""
@@ -129,7 +150,11 @@ class Client:
 
     # -- events ------------------------------------------------------------------
     def submit(self, event: str, fields: dict[str, Any]) -> bool:
-        """Queue one event unless telemetry is off. Never raises, never blocks."""
+        """Queue one event unless telemetry is off now. Never raises, never blocks.
+
+        Checked here, when the event happens (an opt-out covers what happened while
+        it was set), and again by the worker just before sending.
+        """
         if self.off_reason():
             return False
         if self.startup_pending and event != "startup":
@@ -145,8 +170,12 @@ class Client:
         if self.off_reason():
             self.startup_pending = True
             return False
+        was_pending = self.startup_pending
         self.startup_sent, self.startup_pending = True, False
-        return self.submit("startup", {})
+        queued = self.submit("startup", {})
+        if was_pending:
+            self._notify()  # on at last, perhaps by the environment: a pending notice can show now
+        return queued
 
     def task(
         self, trigger: str, error: BaseException | None, duration_ms: int | None, result: Any = None, **fields: Any

@@ -1,9 +1,11 @@
 """The IPython side: the magics, the cell hooks, and loading/unloading the extension.
 
-The hooks are the hot path: ``pre_run_cell`` records a start time and
-``post_run_cell`` queues one small dict when the finished cell is top-level and
-tracked. Each run is matched by its ``ExecutionInfo``, so the cell that loaded
-the extension (a post without a pre) and a magic's nested run are never counted.
+The hooks are the hot path, and they are registered only while they can send
+something (``track_cells`` on and no switch of this process off): otherwise a
+cell costs nothing at all. ``pre_run_cell`` records a start time and
+``post_run_cell`` queues one small dict when the finished cell is top-level.
+Each run is matched by its ``ExecutionInfo``, so the cell that loaded the
+extension (a post without a pre) and a magic's nested run are never counted.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
-from . import payload
 from .client import CLIENT
 from .config import DOCS_URL, NOTICE_FILE, ClackyTelemetry
 from .identity import clacky_home, detect_frontend
@@ -46,18 +47,12 @@ class ClackyMagics(Magics):
         self.telemetry = telemetry
         self._frames: list[tuple[Any, float]] = []  # (ExecutionInfo, start) of running cells
         self._claimed = False  # the running top-level cell was already tracked by %%clacky
-        self._track = telemetry.track_cells
         self._notice_pending = False
-        telemetry.observe(self._track_changed, "track_cells")
+        self._hooked = self._notice_hooked = False
 
-    def _track_changed(self, change: Any) -> None:
-        self._track = change.new
-
-    # -- hooks (every cell pays for these: keep them short) -------------------------
+    # -- hooks (every tracked cell pays for these: keep them short) --------------------
     def pre_run_cell(self, info: Any) -> None:
         self._frames.append((info, perf_counter()))
-        if self._notice_pending:
-            self.show_notice()
 
     def post_run_cell(self, result: Any) -> None:
         try:
@@ -68,22 +63,35 @@ class ClackyMagics(Magics):
             if frames:
                 return  # a nested run, e.g. the body of %%clacky
             claimed, self._claimed = self._claimed, False
-            if claimed or not self._track or _is_extension_cell(info):
+            if claimed or _is_extension_cell(info):
                 return
             # ipykernel passes None for an interrupted async cell
             error = KeyboardInterrupt() if result is None else (result.error_before_exec or result.error_in_exec)
-            status = payload.status_of(error)
-            CLIENT.submit(
-                "task",
-                {
-                    "trigger": "cell",
-                    "status": status,
-                    "duration_ms": round((perf_counter() - start) * 1000),
-                    "error_kind": payload.error_kind(error) if status == "error" else None,
-                },
-            )
+            CLIENT.task("cell", error, round((perf_counter() - start) * 1000))
         except Exception:
             pass  # a hook that raises prints a traceback on every cell
+
+    def sync_hooks(self, loaded: bool = True) -> None:
+        """Register each hook only while it has work; called on every switch or config change."""
+        cells = loaded and bool(self.telemetry.track_cells) and not CLIENT.switched_off
+        if cells != self._hooked:
+            self._frames.clear()  # the cell running while tracking flips is not counted
+            self._hook(cells, ("pre_run_cell", self.pre_run_cell), ("post_run_cell", self.post_run_cell))
+            self._hooked = cells
+        notice = loaded and self._notice_pending and CLIENT.off_reason() is None
+        if notice != self._notice_hooked:
+            self._hook(notice, ("pre_run_cell", self._notice_hook))
+            self._notice_hooked = notice
+
+    def _hook(self, on: bool, *pairs: tuple[str, Any]) -> None:
+        for event, callback in pairs:
+            if on:
+                self.shell.events.register(event, callback)
+            else:
+                try:
+                    self.shell.events.unregister(event, callback)
+                except ValueError:
+                    pass  # not registered
 
     # -- notice -------------------------------------------------------------------
     def show_notice(self) -> None:
@@ -98,6 +106,14 @@ class ClackyMagics(Magics):
             (home / NOTICE_FILE).write_text("shown\n", encoding="utf-8")
         except OSError:
             pass  # shown again next session: better than never
+        self.sync_hooks()  # the notice's own hook is done
+
+    def _notice_hook(self, info: Any) -> None:
+        """pre_run_cell while the notice is pending: it lands in the first cell's output."""
+        try:
+            self.show_notice()
+        except Exception:
+            pass
 
     # -- magics -------------------------------------------------------------------
     @line_cell_magic
@@ -219,15 +235,14 @@ def load(shell: Any) -> None:
     magics = ClackyMagics(shell, telemetry)
     shell.configurables.append(telemetry)
     shell.register_magics(magics)
-    shell.events.register("pre_run_cell", magics.pre_run_cell)
-    shell.events.register("post_run_cell", magics.post_run_cell)
     _ACTIVE[shell] = magics
     CLIENT.attach(telemetry, frontend=detect_frontend(shell))
     CLIENT.startup()
-    if not (clacky_home() / NOTICE_FILE).exists():
-        magics._notice_pending = True
-        if shell.displayhook.exec_result is not None:  # loaded from a cell: tell the user in it
-            magics.show_notice()
+    magics._notice_pending = not (clacky_home() / NOTICE_FILE).exists()
+    if magics._notice_pending and shell.displayhook.exec_result is not None:
+        magics.show_notice()  # loaded from a cell: tell the user in it
+    CLIENT.listen(magics.sync_hooks)
+    magics.sync_hooks()
 
 
 def unload(shell: Any) -> None:
@@ -235,11 +250,8 @@ def unload(shell: Any) -> None:
     magics = _ACTIVE.pop(shell, None)
     if magics is None:
         return
-    for event, callback in (("pre_run_cell", magics.pre_run_cell), ("post_run_cell", magics.post_run_cell)):
-        try:
-            shell.events.unregister(event, callback)
-        except ValueError:
-            pass
+    CLIENT.unlisten(magics.sync_hooks)
+    magics.sync_hooks(loaded=False)
     manager = shell.magics_manager
     for kind, names in magics.magics.items():
         table = manager.magics[kind]
@@ -249,5 +261,3 @@ def unload(shell: Any) -> None:
     if manager.registry.get(type(magics).__name__) is magics:
         del manager.registry[type(magics).__name__]
     shell.configurables[:] = [c for c in shell.configurables if c is not magics and c is not magics.telemetry]
-    magics.telemetry.unobserve(magics._track_changed, "track_cells")
-    magics._frames.clear()

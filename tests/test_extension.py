@@ -151,8 +151,39 @@ def test_track_cells_off_by_default_and_switchable_live(ip, receiver):
     run(ip, "%config ClackyTelemetry.track_cells = False")
     run(ip, "z = 3")
     receiver.wait()
-    # the cell that turned tracking on is tracked (it ends tracked); the one turning it off is not
-    assert len(receiver.events("task")) == 2
+    # only y = 2: the cells that turn tracking on and off are not counted
+    assert len(receiver.events("task")) == 1
+
+
+def clacky_callbacks(ip):
+    """The clacky_ipy callbacks registered on the shell's cell events."""
+    return [
+        (event, fn.__name__)
+        for event in ("pre_run_cell", "post_run_cell")
+        for fn in ip.events.callbacks[event]
+        if type(getattr(fn, "__self__", None)).__module__ == "clacky_ipy.magics"
+    ]
+
+
+def test_hooks_are_registered_only_while_they_can_send(ip, receiver, home):
+    (home / "ipy-telemetry-notice-shown").parent.mkdir(parents=True, exist_ok=True)
+    (home / "ipy-telemetry-notice-shown").write_text("shown")
+    cell_hooks = [("pre_run_cell", "pre_run_cell"), ("post_run_cell", "post_run_cell")]
+    load(ip, endpoint=receiver.url)
+    assert clacky_callbacks(ip) == []  # track_cells off: a cell costs nothing
+    run(ip, "%config ClackyTelemetry.track_cells = True")
+    assert clacky_callbacks(ip) == cell_hooks
+    run(ip, "%config ClackyTelemetry.enabled = False")
+    assert clacky_callbacks(ip) == []
+    run(ip, "%config ClackyTelemetry.enabled = True")
+    run(ip, "%clacky_telemetry off")
+    assert clacky_callbacks(ip) == []
+    run(ip, "%clacky_telemetry on")
+    assert clacky_callbacks(ip) == cell_hooks
+    run(ip, "%reload_ext clacky_ipy")
+    assert clacky_callbacks(ip) == cell_hooks  # one set, not two
+    run(ip, "%unload_ext clacky_ipy")
+    assert clacky_callbacks(ip) == []
 
 
 def test_nested_run_cell_is_not_a_cell(ip, receiver):

@@ -22,11 +22,10 @@ EXPECTED = {
         ("magic", "success", "gpt-5"),
         ("magic", "error", None),
         ("magic", "success", "claude-sonnet-4"),
-        ("cell", "success", None),  # the cell that turned track_cells on
-        ("cell", "success", None),
+        ("cell", "success", None),  # the cell after the one that turned track_cells on
         ("api", "success", "claude-haiku-4"),
     ],
-    "configuration.ipynb": [("cell", "success", None), ("cell", "success", None)],
+    "configuration.ipynb": [("cell", "success", None)],
 }
 
 
@@ -115,6 +114,6 @@ def test_demo_command_runs_offline_and_exits_0(tmp_path):
     env = subprocess_env(CLACKY_HOME=str(tmp_path / "home"))
     proc = subprocess.run([PYTHON, "-m", "clacky_ipy", "demo"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Events received (8)" in proc.stdout
+    assert "Events received (7)" in proc.stdout  # 1 startup, 6 tasks (see EXPECTED)
     assert "unique_devices" in proc.stdout and "tasks_by_status" in proc.stdout
     assert not (tmp_path / "home").exists()  # the demo never touches the user's Clacky home

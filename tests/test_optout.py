@@ -72,8 +72,8 @@ def test_off_magic_persists_for_later_sessions_until_on(ip, receiver, home, caps
     run(ip, "y = 2")
     receiver.wait()
     # off at load, on later: the startup event goes out then, before any task
-    # (the cell that turned it on ends while on, so it is tracked too)
-    assert [r.path.rsplit("/", 1)[-1] for r in receiver.requests] == ["startup", "task", "task"]
+    # (the cell that turned it on is not counted: tracking starts with the next cell)
+    assert [r.path.rsplit("/", 1)[-1] for r in receiver.requests] == ["startup", "task"]
 
 
 def test_turning_off_discards_what_is_queued(ip, blackhole, receiver):
