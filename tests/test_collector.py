@@ -109,6 +109,17 @@ def test_concurrent_clients_lose_nothing(collector):
     assert collector.store.count() == 400
 
 
+def test_keep_alive_requests_do_not_stall(collector):
+    """With Nagle on, each answer's body waited for the client's delayed ACK: 40 ms a request."""
+    with requests.Session() as s:
+        start = time.monotonic()
+        for i in range(100):
+            assert s.post(collector.url + TASK, json={"iterations": i}, timeout=10).status_code == 201
+        took = time.monotonic() - start
+    assert collector.store.count() == 100
+    assert took < 2.0  # generous: 100 x 40 ms would be 4 s
+
+
 def test_the_extension_delivers_to_the_collector(ip, collector):
     load(ip, endpoint=collector.url, track_cells=True)
     ip.run_cell("x = 1", store_history=True)
