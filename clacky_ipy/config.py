@@ -41,12 +41,27 @@ def url_problem(url: Any) -> str | None:
     return None
 
 
-def env_off_reason(env: Mapping[str, str] = os.environ) -> str | None:
-    """The environment's opt-out, which config can never override."""
-    value = env.get("CLACKY_TELEMETRY")
+def getenv(name: str) -> str | None:
+    """``os.environ.get(name)``, without the KeyError it raises and catches for an unset name.
+
+    That exception costs about 1.4 µs, and the opt-out reads two names on every
+    event; CPython's ``os.environ`` keeps its encoded items in ``_data``.
+    """
+    env = os.environ
+    try:
+        raw = env._data.get(env.encodekey(name))  # type: ignore[attr-defined]
+    except AttributeError:  # os.environ replaced by another mapping
+        return env.get(name)
+    return None if raw is None else env.decodevalue(raw)  # type: ignore[attr-defined]
+
+
+def env_off_reason(env: Mapping[str, str] | None = None) -> str | None:
+    """The environment's opt-out, which config can never override. Read on every event."""
+    get = getenv if env is None else env.get
+    value = get("CLACKY_TELEMETRY")
     if value is not None and value.strip().lower() in OFF_WORDS:
         return f"CLACKY_TELEMETRY={value} in the environment"
-    value = env.get("DO_NOT_TRACK")
+    value = get("DO_NOT_TRACK")
     if value is not None and value.strip().lower() in DO_NOT_TRACK_WORDS:
         return f"DO_NOT_TRACK={value} in the environment"
     return None

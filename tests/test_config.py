@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import CLOSED_URL, load, run
 from traitlets.config import Config
@@ -107,3 +109,15 @@ def test_a_bad_value_left_in_shell_config_does_not_break_reload(ip, capsys):
     assert err.count("\n") == 1 and "refused ClackyTelemetry.max_queue_size" in err
     (t,) = [c for c in ip.configurables if isinstance(c, ClackyTelemetry)]
     assert t.max_queue_size == 1000
+
+
+@pytest.mark.parametrize("value", [None, "", "0", " off ", "yes", "ünïcode", "a=b"])
+def test_getenv_agrees_with_os_environ(monkeypatch, value):
+    from clacky_ipy.config import getenv
+
+    name = "CLACKY_IPY_TEST_VARIABLE"
+    if value is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, value)
+    assert getenv(name) == os.environ.get(name)
