@@ -178,16 +178,22 @@ class Client:
         return queued
 
     def task(
-        self, trigger: str, error: BaseException | None, duration_ms: int | None, result: Any = None, **fields: Any
+        self,
+        trigger: str,
+        error: BaseException | None,
+        measured_ms: int | None,
+        result: Any = None,
+        fields: dict[str, Any] | None = None,
     ) -> bool:
-        """A task event from what happened. The result's metrics win; `fields` fill what it lacks."""
-        event = {**fields, **payload.task_metrics(result)}
+        """A task event from what happened: the result's metrics win, `fields` fill what it lacks,
+        and a measured duration wins over both."""
+        event = {**fields, **payload.task_metrics(result)} if fields else payload.task_metrics(result)
         event["trigger"] = trigger
         event["status"] = payload.status_of(error, event.get("status"))
         if event["status"] == "error" and error is not None:
             event["error_kind"] = payload.error_kind(error)
-        if duration_ms is not None:
-            event["duration_ms"] = duration_ms
+        if measured_ms is not None:
+            event["duration_ms"] = measured_ms
         return self.submit("task", event)
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -282,7 +288,7 @@ def task(result: Any = None, **fields: Any) -> bool:
     try:
         error = fields.pop("error", None)
         error = error if isinstance(error, BaseException) else None
-        return CLIENT.task("api", error, None, result, **fields)
+        return CLIENT.task("api", error, None, result, fields)
     except Exception:
         return False
 
@@ -307,7 +313,7 @@ def track(model: str | None = None, provider: str | None = None) -> Iterator[Tra
     finally:
         try:
             duration = round((time.perf_counter() - start) * 1000)
-            CLIENT.task("api", error, duration, tracker.result, model=model, provider=provider)
+            CLIENT.task("api", error, duration, tracker.result, {"model": model, "provider": provider})
         except Exception:
             pass
 

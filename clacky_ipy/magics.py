@@ -151,9 +151,8 @@ class ClackyMagics(Magics):
         duration = round((perf_counter() - start) * 1000)
         error = inner.error_before_exec or inner.error_in_exec
         result = self._agent_result(opts.get("result"), inner.result)
-        CLIENT.task(
-            "magic", error, duration, result, model=_unquote(opts.get("model")), provider=_unquote(opts.get("provider"))
-        )
+        fill = {"model": _unquote(opts.get("model")), "provider": _unquote(opts.get("provider"))}
+        CLIENT.task("magic", error, duration, result, fill)
         if error is not None and outer is not None:
             outer.error_in_exec = error  # the cell fails (Run All stops); the traceback was shown once
 
