@@ -218,3 +218,62 @@ def test_terminal_ipython_exit_is_bounded_with_a_black_hole(blackhole, tmp_path)
     assert "Traceback" not in proc.stdout + proc.stderr
     t = float(proc.stdout.split("T ")[-1].split()[0])
     assert ended - t < 0.5 + 2.0
+
+
+# -- what the requests never carry or follow ----------------------------------------------------
+@pytest.fixture
+def api_to(fresh_client, env):
+    """Point the Python API's default configuration at `url` (a fresh client and worker)."""
+
+    def point(url):
+        env.setenv("CLACKY_LICENSE_SERVER", url)
+
+    return point
+
+
+def test_redirects_are_not_followed(api_to, receiver):
+    receiver.server.clear_all_handlers()
+    receiver.server.expect_request("/api/v1/telemetry/task").respond_with_data(
+        "", status=307, headers={"Location": receiver.url + "/elsewhere"}
+    )
+    api_to(receiver.url)
+    clacky_ipy.task(model="m")
+    receiver.wait()
+    assert [r.path for r in receiver.requests] == ["/api/v1/telemetry/task"]
+    assert CLIENT.transport.failed == 1 and CLIENT.transport.last_error == "HTTP 307"
+
+
+def test_cookies_are_never_sent_back(api_to, receiver):
+    receiver.server.clear_all_handlers()
+    receiver.server.expect_request("/api/v1/telemetry/task").respond_with_data(
+        "", status=201, headers={"Set-Cookie": "tracker=abc; Path=/"}
+    )
+    api_to(receiver.url)
+    clacky_ipy.task(model="m")
+    clacky_ipy.task(model="m")
+    receiver.wait()
+    assert len(receiver.requests) == 2
+    assert all("Cookie" not in r.headers for r in receiver.requests)
+
+
+def test_netrc_credentials_are_never_attached(api_to, receiver, env, tmp_path):
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login user password hunter2\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    env.setenv("HOME", str(tmp_path))
+    env.setenv("NETRC", str(tmp_path / ".netrc"))
+    api_to(receiver.url)
+    clacky_ipy.task(model="m")
+    receiver.wait()
+    (request,) = receiver.requests
+    assert "Authorization" not in request.headers
+
+
+def test_http_proxy_is_honoured(api_to, receiver, env):
+    """The worker goes through $HTTP_PROXY: the proxy (here the local server) gets the absolute URL."""
+    env.setenv("HTTP_PROXY", receiver.url)
+    env.setenv("NO_PROXY", "")
+    api_to("http://telemetry.invalid")  # never resolved: only the proxy is contacted
+    clacky_ipy.task(model="m")
+    receiver.wait()
+    (request,) = receiver.requests
+    assert request.host == "telemetry.invalid" and request.path == "/api/v1/telemetry/task"
