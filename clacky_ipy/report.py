@@ -1,7 +1,8 @@
 """What the platform derives from stored events, as plain SQL over the collector's table.
 
-Every figure is one aggregate query (GROUP BY, COUNT DISTINCT, window functions
-for percentiles), so the work happens in SQLite, not in Python loops.
+Every figure is one aggregate query (GROUP BY, COUNT DISTINCT, an index walk to
+the nearest rank for percentiles) over an index the collector keeps, so the work
+happens in SQLite, not in Python loops, and stays fast at a million events.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -27,81 +31,112 @@ TOKEN_COLUMNS = (
 def _where(days: int | None, exclude_ci: bool, now: datetime | None) -> tuple[str, list[Any]]:
     clauses, params = ["1=1"], []
     if days is not None:
-        since = (now or datetime.now(timezone.utc)) - timedelta(days=days)
-        clauses.append("received_at >= ?")
-        params.append(since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        since = ((now or datetime.now(timezone.utc)) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        clauses.append("substr(received_at, 1, 10) >= ? AND received_at >= ?")  # the day: an index finds it
+        params += [since[:10], since]
     if exclude_ci:
         clauses.append("COALESCE(ci, 0) = 0")
     return " AND ".join(clauses), params
 
 
+#: The report's queries, each one aggregate over an index the collector keeps (see
+#: collector.INDEXES), so that none of them sorts or visits a million rows of the table.
+QUERIES = {
+    "totals": "SELECT SUM(kind = 'startup'), SUM(kind = 'task'), SUM(cost_usd), AVG(cost_usd), "
+    + ", ".join(f"SUM({c})" for c in TOKEN_COLUMNS)
+    + " FROM events WHERE {where}",
+    "devices": "SELECT COUNT(DISTINCT device_id) FROM events WHERE kind = 'startup' AND {where}",
+    "daily": "SELECT substr(received_at, 1, 10) AS day, COUNT(DISTINCT device_id), SUM(kind = 'task') "
+    "FROM events WHERE {where} GROUP BY day ORDER BY day",
+    "status": "SELECT status, COUNT(*), COUNT(duration_ms) FROM events WHERE kind = 'task' AND {where} GROUP BY status",
+    "model": "SELECT model, COUNT(*) FROM events WHERE kind = 'task' AND {where} GROUP BY model",
+    "provider": "SELECT provider, COUNT(*) FROM events WHERE kind = 'task' AND {where} GROUP BY provider",
+    "trigger": "SELECT trigger, COUNT(*) FROM events WHERE kind = 'task' AND {where} GROUP BY trigger",
+    "launch_source": "SELECT launch_source, COUNT(*) FROM events WHERE kind = 'startup' AND {where} "
+    "GROUP BY launch_source",
+    "split": "SELECT frontend, ci, SUM(kind = 'startup'), SUM(kind = 'task') FROM events WHERE {where} "
+    "GROUP BY frontend, ci",
+}
+#: The duration at nearest rank `offset` (0-based) among one status's tasks, walking the index.
+PERCENTILE = (
+    "SELECT duration_ms FROM events WHERE kind = 'task' AND status IS ? AND duration_ms IS NOT NULL "
+    "AND {where} ORDER BY duration_ms LIMIT 1 OFFSET ?"
+)
+
+
+def _counts(rows: list[tuple]) -> dict[str, int]:
+    """{key: count}, biggest first; a missing key shows as ``(none)``."""
+    out = [("(none)" if k is None else str(k), n) for k, n in rows]
+    return dict(sorted(out, key=lambda kv: (-kv[1], kv[0])))
+
+
+def _ci_key(ci: Any) -> str:
+    return "(none)" if ci is None else ("true" if ci else "false")
+
+
 def build(db: str | Path, days: int | None = None, exclude_ci: bool = False, now: datetime | None = None) -> dict:
-    """The report as a dict of sections (see README, "The report")."""
+    """The report as a dict of sections (see README, "The report").
+
+    The queries are independent and SQLite releases the GIL while it works, so
+    they run on two connections at once: on two cores that halves the wall time.
+    """
     if not Path(db).exists():
         raise FileNotFoundError(f"no database at {db}")
     where, params = _where(days, exclude_ci, now)
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
+    local = threading.local()
 
-        def rows(sql: str) -> list[tuple]:
-            return con.execute(sql.format(where=where), params).fetchall()
+    def rows(sql: str, *extra: Any) -> list[tuple]:
+        con = getattr(local, "con", None)
+        if con is None:
+            con = local.con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
+        return con.execute(sql.format(where=where), [*extra[:1], *params, *extra[1:]]).fetchall()
 
-        def grouped(column: str, kind: str = "task") -> dict[str, int]:
-            sql = (
-                f"SELECT COALESCE(CAST({column} AS TEXT), '(none)') AS k, COUNT(*) FROM events "
-                f"WHERE kind = '{kind}' AND {{where}} GROUP BY k ORDER BY COUNT(*) DESC, k"
-            )
-            return dict(rows(sql))
-
-        totals = rows(
-            "SELECT COUNT(DISTINCT CASE WHEN kind = 'startup' THEN device_id END), "
-            "SUM(kind = 'startup'), SUM(kind = 'task'), SUM(cost_usd), AVG(cost_usd), "
-            + ", ".join(f"SUM({c})" for c in TOKEN_COLUMNS)
-            + " FROM events WHERE {where}"
-        )[0]
-        daily = rows(
-            "SELECT substr(received_at, 1, 10) AS day, COUNT(DISTINCT device_id), SUM(kind = 'task') "
-            "FROM events WHERE {where} GROUP BY day ORDER BY day"
-        )
-        durations = rows(
-            "SELECT status, COUNT(*), MIN(CASE WHEN rn >= 0.50 * n THEN duration_ms END), "
-            "MIN(CASE WHEN rn >= 0.95 * n THEN duration_ms END) FROM ("
-            " SELECT status, duration_ms,"
-            "  ROW_NUMBER() OVER (PARTITION BY status ORDER BY duration_ms) AS rn,"
-            "  COUNT(*) OVER (PARTITION BY status) AS n"
-            " FROM events WHERE kind = 'task' AND duration_ms IS NOT NULL AND {where}"
-            ") GROUP BY status ORDER BY status"
-        )
-        ci = rows(
-            "SELECT CASE WHEN ci = 1 THEN 'true' WHEN ci = 0 THEN 'false' ELSE '(none)' END AS k, "
-            "SUM(kind = 'startup'), SUM(kind = 'task') FROM events WHERE {where} GROUP BY k ORDER BY k"
-        )
-        frontend = rows(
-            "SELECT COALESCE(frontend, '(none)') AS k, SUM(kind = 'startup'), SUM(kind = 'task') "
-            "FROM events WHERE {where} GROUP BY k ORDER BY COUNT(*) DESC, k"
-        )
-        return {
-            "filters": {"days": days, "exclude_ci": exclude_ci},
-            "unique_devices": totals[0] or 0,
-            "startups": totals[1] or 0,
-            "tasks": totals[2] or 0,
-            "daily": [{"day": d, "active_devices": a, "tasks": t or 0} for d, a, t in daily],
-            "tasks_by_status": grouped("status"),
-            "tasks_by_model": grouped("model"),
-            "tasks_by_provider": grouped("provider"),
-            "tasks_by_trigger": grouped("trigger"),
-            "duration_ms": {s: {"tasks": n, "p50": p50, "p95": p95} for s, n, p50, p95 in durations},
-            "cost_usd": {
-                "total": round(totals[3] or 0.0, 6),
-                "mean": None if totals[4] is None else round(totals[4], 6),
-            },
-            "tokens": {c: int(v or 0) for c, v in zip(TOKEN_COLUMNS, totals[5:])},
-            "by_frontend": {k: {"startups": s or 0, "tasks": t or 0} for k, s, t in frontend},
-            "by_launch_source": grouped("launch_source", "startup"),
-            "by_ci": {k: {"startups": s or 0, "tasks": t or 0} for k, s, t in ci},
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(rows, sql) for name, sql in QUERIES.items()}
+        got = {name: future.result() for name, future in futures.items()}
+        statuses = got["status"]
+        ranks = {
+            (status, q): pool.submit(rows, PERCENTILE, status, math.ceil(q * n) - 1)
+            for status, _, n in statuses
+            if n
+            for q in (0.50, 0.95)
         }
-    finally:
-        con.close()
+        percentiles = {key: (future.result() or [(None,)])[0][0] for key, future in ranks.items()}
+    totals = got["totals"][0]
+    split: dict[str, dict[str, dict[str, int]]] = {"by_frontend": {}, "by_ci": {}}
+    for frontend, ci, startups, tasks in got["split"]:
+        for section, key in (("by_frontend", "(none)" if frontend is None else frontend), ("by_ci", _ci_key(ci))):
+            figures = split[section].setdefault(key, {"startups": 0, "tasks": 0})
+            figures["startups"] += startups or 0
+            figures["tasks"] += tasks or 0
+    return {
+        "filters": {"days": days, "exclude_ci": exclude_ci},
+        "unique_devices": got["devices"][0][0] or 0,
+        "startups": totals[0] or 0,
+        "tasks": totals[1] or 0,
+        "daily": [{"day": d, "active_devices": a, "tasks": t or 0} for d, a, t in got["daily"]],
+        "tasks_by_status": _counts([(status, n) for status, n, _ in statuses]),
+        "tasks_by_model": _counts(got["model"]),
+        "tasks_by_provider": _counts(got["provider"]),
+        "tasks_by_trigger": _counts(got["trigger"]),
+        "duration_ms": {
+            "(none)" if status is None else status: {
+                "tasks": n,
+                "p50": percentiles[(status, 0.50)],
+                "p95": percentiles[(status, 0.95)],
+            }
+            for status, _, n in sorted(statuses, key=lambda r: "" if r[0] is None else r[0])
+            if n
+        },
+        "cost_usd": {
+            "total": round(totals[2] or 0.0, 6),
+            "mean": None if totals[3] is None else round(totals[3], 6),
+        },
+        "tokens": {c: int(v or 0) for c, v in zip(TOKEN_COLUMNS, totals[4:])},
+        "by_frontend": dict(sorted(split["by_frontend"].items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))),
+        "by_launch_source": _counts(got["launch_source"]),
+        "by_ci": dict(sorted(split["by_ci"].items())),
+    }
 
 
 def _flat(report: dict) -> list[tuple[str, str, str, Any]]:
