@@ -795,6 +795,9 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], quick: bool) -> s
     for r in rows:
         mark = {True: "met", False: "**missed**", None: ""}[r["met"]]
         lines.append(f"| {r['what']} | {r['measured']} | {r['target']} | {mark} |")
+    analysis = Path(__file__).with_name("analysis.md")  # written by people, not by this script
+    if analysis.exists():
+        lines += ["", analysis.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 
 
