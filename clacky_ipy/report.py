@@ -84,24 +84,30 @@ def build(db: str | Path, days: int | None = None, exclude_ci: bool = False, now
         raise FileNotFoundError(f"no database at {db}")
     where, params = _where(days, exclude_ci, now)
     local = threading.local()
+    connections: list[sqlite3.Connection] = []  # one per pool thread
 
-    def rows(sql: str, *extra: Any) -> list[tuple]:
+    def rows(sql: str, args: list[Any]) -> list[tuple]:
         con = getattr(local, "con", None)
         if con is None:
             con = local.con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
-        return con.execute(sql.format(where=where), [*extra[:1], *params, *extra[1:]]).fetchall()
+            connections.append(con)
+        return con.execute(sql.format(where=where), args).fetchall()
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(rows, sql) for name, sql in QUERIES.items()}
-        got = {name: future.result() for name, future in futures.items()}
-        statuses = got["status"]
-        ranks = {
-            (status, q): pool.submit(rows, PERCENTILE, status, math.ceil(q * n) - 1)
-            for status, _, n in statuses
-            if n
-            for q in (0.50, 0.95)
-        }
-        percentiles = {key: (future.result() or [(None,)])[0][0] for key, future in ranks.items()}
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = {name: pool.submit(rows, sql, params) for name, sql in QUERIES.items()}
+            got = {name: future.result() for name, future in futures.items()}
+            statuses = got["status"]
+            ranks = {
+                (status, q): pool.submit(rows, PERCENTILE, [status, *params, math.ceil(q * n) - 1])
+                for status, _, n in statuses
+                if n
+                for q in (0.50, 0.95)
+            }
+            percentiles = {key: (future.result() or [(None,)])[0][0] for key, future in ranks.items()}
+    finally:
+        for con in connections:
+            con.close()
     totals = got["totals"][0]
     split: dict[str, dict[str, dict[str, int]]] = {"by_frontend": {}, "by_ci": {}}
     for frontend, ci, startups, tasks in got["split"]:
