@@ -219,8 +219,8 @@ class Transport:
         return route
 
     def _deliver(self, requests: Any, session: Any, routes: dict, event: str, fields: dict) -> None:
-        plan = self._planner(event, fields)
-        if plan is None or time.monotonic() < self.paused_until:
+        plan = None if time.monotonic() < self.paused_until else self._planner(event, fields)
+        if plan is None:  # paused after a 429, or telemetry is off now
             self._count_dropped()
             return
         if session is None:
