@@ -34,7 +34,6 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-SWITCHES = ("CLACKY_TELEMETRY", "DO_NOT_TRACK", "CLACKY_TELEMETRY_DEBUG", "CLACKY_LAUNCHED_BY")
 
 #: Repetitions: (full, quick).
 SIZES = {
@@ -66,11 +65,11 @@ SHUTDOWN_TIMEOUT = 1.0  # the default, which the exit rows are measured against
 
 # -- helpers shared by the parent and the children ------------------------------------------
 def child_env(home: Path, endpoint: str, **extra: str) -> dict[str, str]:
-    """An isolated environment: loopback endpoint, temporary Clacky home, no inherited switches."""
-    env = {k: v for k, v in os.environ.items() if k not in SWITCHES}
-    env.update(CLACKY_LICENSE_SERVER=endpoint, CLACKY_HOME=str(home), PYTHONPATH=str(ROOT))
-    env.update(extra)
-    return env
+    """The demo's kernel environment (loopback endpoint, temporary Clacky home, no inherited
+    switches), importing this checkout's clacky_ipy."""
+    from clacky_ipy.demo import kernel_env
+
+    return {**kernel_env(endpoint, home), "PYTHONPATH": str(ROOT), **extra}
 
 
 def run_child(name: str, args: dict[str, Any], env: dict[str, str], timeout: float = 600) -> dict[str, Any]:
@@ -275,11 +274,10 @@ def child_load(args: dict[str, Any]) -> dict[str, Any]:
     """Main-thread wall time of one `%load_ext` in this fresh process (cold imports)."""
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the notice prints once
     shell = shell_with_memory_history()
-    already = "clacky_ipy" in sys.modules or "autotime" in sys.modules
     t0 = time.perf_counter()
     shell.run_line_magic("load_ext", args["extension"])
     elapsed = time.perf_counter() - t0
-    return {"ms": elapsed * 1000, "imported_before": already}
+    return {"ms": elapsed * 1000}
 
 
 def child_endpoint(args: dict[str, Any]) -> dict[str, Any]:
@@ -573,7 +571,6 @@ class Bench:
         print("endpoint black-holed, refused, DNS failure: 100 tracked cells, then exit ...", flush=True)
         cells = self.size("endpoint_cells")
         repeats = self.size("endpoint_repeats")
-        out: dict[str, Any] = {}
         with collector_process(self.work / "endpoint.db") as healthy, blackhole() as hole:
             urls = {
                 "healthy": healthy,
