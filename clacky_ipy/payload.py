@@ -84,24 +84,79 @@ CACHE_STATS_KEYS = {
 }
 
 
-def _value(key: str, kind: str, value: Any) -> Any:
-    """The value as it may be sent, or None to drop it."""
-    if key == "error_kind":  # a class name, never a message (even one passed by hand)
-        return value if isinstance(value, str) and _CLASS_NAME.fullmatch(value) else None
-    if kind == STR:
-        return value[:MAX_STR] if isinstance(value, str) and value else None
-    if kind == BOOL:
-        return value if isinstance(value, bool) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+#: The range of a signed 64-bit integer: what SQLite and PostgreSQL ``bigint`` hold. A
+#: number outside it (an int or a float) is dropped, never sent, never stored.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+#: Keys that count something (tokens, requests, iterations) or cost money: never negative.
+NON_NEGATIVE = frozenset(
+    {
+        "iterations",
+        "cost_usd",
+        "prompt_tokens",
+        "completion_tokens",
+        "cache_creation_tokens",
+        "cache_read_tokens",
+        "cache_total_requests",
+        "cache_hit_requests",
+    }
+)
+
+#: The longest duration believed: a year. A negative or longer one is a clock or unit error.
+MAX_DURATION_MS = 366 * 24 * 3600 * 1000
+
+#: Lone UTF-16 surrogates: a Python str may hold them, UTF-8 (and so JSON on the wire) may not.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text(value: str) -> str:
+    """`value` as valid UTF-8 text: lone surrogates become U+FFFD, then capped at `MAX_STR`."""
+    if not value.isascii():
+        value = _SURROGATE.sub("\ufffd", value)
+    return value[:MAX_STR]
+
+
+def number(key: str, value: Any) -> int | float | None:
+    """`value` as a storable number for `key`, or None to drop it.
+
+    Exactly int or float (a bool is not a number here); finite; within signed 64 bits
+    so that every store holds it and a sum of a few cannot reach infinity; not negative
+    for counts and cost; `duration_ms` within `MAX_DURATION_MS`.
+    """
+    if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+        value = int(value)  # an int subclass: its own methods are never called again
+    elif isinstance(value, float):
+        value = float(value)
+        if not math.isfinite(value):
+            return None
+    else:
         return None
-    return value if math.isfinite(value) else None
+    if not INT64_MIN <= value <= INT64_MAX:
+        return None
+    if key == "duration_ms":
+        return value if 0 <= value <= MAX_DURATION_MS else None
+    if key in NON_NEGATIVE and value < 0:
+        return None
+    return value
+
+
+def _value(key: str, kind: str, value: Any) -> Any:
+    """The value as it may be sent (and stored), or None to drop it."""
+    if key == "error_kind":  # a class name, never a message (even one passed by hand)
+        return value if type(value) is str and _CLASS_NAME.fullmatch(value) else None
+    if kind == STR:
+        return text(str.__str__(value)) if isinstance(value, str) and value else None
+    if kind == BOOL:
+        return value if value is True or value is False else None
+    return number(key, value)
 
 
 def clean(event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     """Keep only the event's keys, with values of the right kind; drop the rest.
 
-    Strings are capped at `MAX_STR` characters, numbers must be finite int or
-    float (never bool), and None is dropped rather than sent as null.
+    Strings are made valid UTF-8 and capped at `MAX_STR` characters; numbers must be
+    int or float (never bool) within `number`'s bounds; None is dropped rather than
+    sent as null. Client and collector both call this: it is the one definition.
     """
     keys = KEYS[event]
     out = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import socket
 import string
@@ -238,3 +239,42 @@ def test_retry_after():
     now = datetime.now(timezone.utc)
     date = format_datetime(now + timedelta(seconds=90), usegmt=True)
     assert 85 <= retry_after_seconds(date, now.timestamp()) <= 91
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("prompt_tokens", 10**30),
+        ("prompt_tokens", 2**63),
+        ("cost_usd", 2**63),
+        ("cost_usd", 1e308),
+        ("completion_tokens", float("inf")),
+        ("completion_tokens", -5),
+        ("cost_usd", -0.5),
+        ("duration_ms", -1),
+        ("duration_ms", 10**13),
+        ("iterations", True),
+    ],
+)
+def test_numbers_no_store_can_hold_are_dropped(key, value):
+    assert payload.clean("task", {key: value}) == {}
+
+
+def test_numbers_at_the_edges_are_kept():
+    fields = {"prompt_tokens": 2**63 - 1, "duration_ms": 0, "cost_usd": 0.0, "iterations": 3}
+    assert payload.clean("task", fields) == fields
+
+
+def test_lone_surrogates_are_replaced_before_capping():
+    out = payload.clean("task", {"model": "gpt\ud800", "provider": "\udfff" * 100})
+    assert out == {"model": "gpt\ufffd", "provider": "\ufffd" * payload.MAX_STR}
+    json.dumps(out, ensure_ascii=False).encode("utf-8")  # valid UTF-8 on the wire
+
+
+@given(st.dictionaries(st.sampled_from(sorted(payload.COLUMNS)), st.from_type(object) | st.integers() | st.floats()))
+def test_every_clean_payload_is_strict_json_within_int64(fields):
+    out = payload.clean("task", fields)
+    json.dumps(out, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    for value in out.values():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert payload.INT64_MIN <= value <= payload.INT64_MAX
