@@ -27,7 +27,7 @@ from clacky_ipy.config import MAX_SHUTDOWN_TIMEOUT, MAX_TIMEOUT, ClackyTelemetry
 )
 def test_out_of_range_seconds_are_refused_in_one_line_old_value_kept(ip, capsys, name, bad):
     load(ip)
-    magics_telemetry = [c for c in ip.configurables if isinstance(c, ClackyTelemetry)][0]
+    magics_telemetry = next(c for c in ip.configurables if isinstance(c, ClackyTelemetry))
     old = getattr(magics_telemetry, name)
     capsys.readouterr()
     run(ip, f"%config ClackyTelemetry.{name} = {bad!r}".replace("inf", "float('inf')").replace("nan", "float('nan')"))
@@ -90,9 +90,7 @@ clacky_ipy.flush(5)
 
 
 def test_debug_from_the_first_event_without_ipython(receiver, tmp_path):
-    env = subprocess_env(
-        CLACKY_HOME=str(tmp_path), CLACKY_LICENSE_SERVER=receiver.url, CLACKY_TELEMETRY_DEBUG="1"
-    )
+    env = subprocess_env(CLACKY_HOME=str(tmp_path), CLACKY_LICENSE_SERVER=receiver.url, CLACKY_TELEMETRY_DEBUG="1")
     proc = subprocess.run([PYTHON, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
