@@ -87,10 +87,13 @@ def _percentiles(buckets: list[tuple]) -> dict[str, dict[str, Any]]:
 
 
 def _duration(value: float) -> int | float:
-    """Whole milliseconds from 100 ms (0.5 % at most), three significant digits below."""
-    if value >= 100 or float(value).is_integer():
+    """Whole milliseconds from a second (0.05 % at most), four significant digits below.
+
+    With the histogram's `store.ALPHA` (0.5 %) a percentile is within 0.6 % of the true one.
+    """
+    if value >= 1000 or float(value).is_integer():
         return round(value)
-    return float(f"{value:.3g}")
+    return float(f"{value:.4g}")
 
 
 def build(

@@ -56,8 +56,8 @@ DIMS: dict[str, tuple[str, ...]] = {
 #: Bumped when the rollups change meaning; a database without it needs `rebuild`.
 SCHEMA = "2"
 
-#: Relative accuracy of the duration histograms' buckets. The report rounds a value of 100 ms
-#: or more to a whole millisecond (at most another 0.5 %): percentiles are within 1 %.
+#: Relative accuracy of the duration histograms' buckets. The report rounds what it shows by
+#: at most another 0.05 %: percentiles are within 0.6 % of the true nearest-rank value.
 ALPHA = 0.005
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
 LN_GAMMA = math.log(GAMMA)
