@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from urllib.parse import urlencode
 
 import pytest
@@ -38,6 +38,77 @@ def url_for(params: dict[str, str], dbname: str) -> str:
     return f"postgresql:///{dbname}?{urlencode(rest)}"
 
 
+def server_binaries() -> str | None:
+    """The newest installed PostgreSQL's bin directory, or None."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    return os.path.dirname(found[0]) if found else None
+
+
+class Cluster:
+    """A throwaway PostgreSQL cluster in a temporary directory, on a Unix socket there only.
+
+    As root, initdb and postgres run as the ``postgres`` user (they refuse root) in a
+    directory owned by it. ``durable=False`` (the tests) turns fsync off; the benchmark
+    keeps PostgreSQL's durable defaults. Also used by bench/run.py.
+    """
+
+    def __init__(self, bindir: str, durable: bool = False, settings: Sequence[str] = ()) -> None:
+        self.bindir = bindir
+        self.durable = durable
+        self.settings = list(settings)
+        self.base = tempfile.mkdtemp(prefix="clacky-pg-")
+        self.data = os.path.join(self.base, "data")
+        self.as_user: list[str] = []
+        self.started = False
+
+    @property
+    def params(self) -> dict[str, str]:
+        return {"host": self.base, "port": "5432", "user": "postgres"}
+
+    def url(self, dbname: str = "postgres") -> str:
+        return url_for(self.params, dbname)
+
+    def _run(self, *command: str) -> None:
+        subprocess.run([*self.as_user, *command], check=True, capture_output=True, timeout=300)
+
+    def start(self) -> Cluster:
+        if os.geteuid() == 0:  # initdb and postgres refuse root: run them as the postgres user
+            import pwd
+
+            account = pwd.getpwnam("postgres")  # KeyError: no such user
+            os.chown(self.base, account.pw_uid, account.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        b = self.bindir
+        self._run(
+            f"{b}/initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"
+        )
+        options = [f"-k {self.base}", "-c listen_addresses=''", "-p 5432"]
+        if not self.durable:
+            options += ["-c fsync=off", "-c full_page_writes=off", "-c synchronous_commit=off"]
+        options += [f"-c {setting}" for setting in self.settings]
+        log = os.path.join(self.base, "server.log")
+        self._run(f"{b}/pg_ctl", "-D", self.data, "-l", log, "-w", "-t", "60", "-o", " ".join(options), "start")
+        self.started = True
+        return self
+
+    def stop(self) -> None:
+        if self.started:
+            command = [*self.as_user, f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"]
+            subprocess.run(command, capture_output=True, timeout=120)
+            self.started = False
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[dict[str, str]]:
     """Connection parameters (host, port, user) of a running server, for the session."""
@@ -49,40 +120,22 @@ def postgres_server() -> Iterator[dict[str, str]]:
     if given:
         yield psycopg.conninfo.conninfo_to_dict(given)
         return
-    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
-    if not binaries:
+    bindir = server_binaries()
+    if bindir is None:
         _unavailable("no PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin")
-    bindir = os.path.dirname(binaries[0])
-    as_user: list[str] = []
-    base = tempfile.mkdtemp(prefix="clacky-pg-")
-    if os.geteuid() == 0:  # initdb and postgres refuse root: run them as the postgres user
-        import pwd
-
-        try:
-            account = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(base)
-            _unavailable("running as root and there is no postgres user to run the server as")
-        os.chown(base, account.pw_uid, account.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, log = os.path.join(base, "data"), os.path.join(base, "server.log")
-
-    def run(*command: str) -> None:
-        subprocess.run([*as_user, *command], check=True, capture_output=True, timeout=120)
-
-    started = False
+    cluster = Cluster(bindir)
     try:
-        run(f"{bindir}/initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
-        options = f"-k {base} -c listen_addresses='' -p 5432 -c fsync=off -c full_page_writes=off"
-        run(f"{bindir}/pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o", options, "start")
-        started = True
-        yield {"host": base, "port": "5432", "user": "postgres"}
+        cluster.start()
+    except KeyError:
+        cluster.stop()
+        _unavailable("running as root and there is no postgres user to run the server as")
     except subprocess.CalledProcessError as exc:
+        cluster.stop()
         _unavailable(f"the throwaway PostgreSQL did not start: {(exc.stderr or b'').decode(errors='replace')[-300:]}")
+    try:
+        yield cluster.params
     finally:
-        if started:
-            subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        cluster.stop()
 
 
 @pytest.fixture
