@@ -427,3 +427,13 @@ def test_percentiles_from_merged_histograms_are_within_one_percent(values):
     for name, q in report.QUANTILES.items():
         want = exact[max(1, math.ceil(q * len(exact))) - 1]
         assert abs(figures[name] - want) <= 0.006 * want, (name, want, figures[name])
+
+
+def test_text_round_trips_on_both_engines(db_target):
+    fields = payload.clean("task", {"model": "модель-☃", "error_kind": "ValueError", "status": "error\ud800"})
+    store = open_store(db_target)
+    store.add("task", fields)
+    (row,) = store.rows()
+    store.close()
+    assert row["model"] == "модель-☃" and row["status"] == "error\ufffd"
+    assert report.build(db_target)["tasks_by_model"] == {"модель-☃": 1}
