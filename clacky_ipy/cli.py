@@ -10,9 +10,13 @@ from collections.abc import Sequence
 
 def _collect(args: argparse.Namespace) -> int:
     from .collector import Collector
+    from .store import StoreError
 
     try:
         collector = Collector(args.db, host=args.host, port=args.port, verbose=args.verbose)
+    except StoreError as exc:
+        print(f"clacky-ipy collect: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"clacky-ipy collect: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

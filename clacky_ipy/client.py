@@ -27,7 +27,6 @@ from . import notice, payload
 from .config import (
     ClackyTelemetry,
     env_off_reason,
-    mask_url,
     persist_off,
     persisted_off,
     policy_off_reason,
@@ -195,8 +194,12 @@ class Client:
         """Queue one event unless telemetry is off now. Never raises, never blocks.
 
         Checked here, when the event happens (an opt-out covers what happened while
-        it was set), and again by the worker just before sending.
+        it was set), and again by the worker just before sending. The first event
+        without the extension attaches the default configuration (environment,
+        persisted opt-out, debug), so that even it is printed instead of sent in debug.
         """
+        if self._config is None:
+            self.config  # noqa: B018 - attaches the default configuration
         if self.off_reason():
             return False
         if self.startup_pending and event != "startup":
@@ -375,8 +378,8 @@ class Client:
             "off_reason": self.off_reason(),
             "saved_choice": str(saved_choice_path(home)),
             "saved_off": self._user_off,
-            "endpoint": mask_url(config.endpoint),
-            "fallback_endpoints": [mask_url(url) for url in config.fallback_endpoints],
+            "endpoint": config.endpoint,
+            "fallback_endpoints": list(config.fallback_endpoints),
             "device_id": self.context()["device_id"],
             "device_id_source": device_id_source(home),
             "notice_pending": self.notice_pending,

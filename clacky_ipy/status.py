@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .config import mask_credentials
 from .identity import read_brand_file
 
 #: What the device id is, in one sentence a user can check (also in the README and the notice).
@@ -32,7 +33,8 @@ def device_id_source(home: Path) -> str:
 
 
 def status_text(status: Mapping[str, Any]) -> str:
-    """The status as lines a person reads. Process counters appear only when `status` has them."""
+    """The status as lines a person reads, credentials in URLs masked.
+    Process counters appear only when `status` has them."""
     state = "on (no switch turns it off)" if status["on"] else f"off ({status['off_reason']})"
     saved = status.get("saved_choice")
     lines = [f"Telemetry:    {state}"]
@@ -51,7 +53,7 @@ def status_text(status: Mapping[str, Any]) -> str:
             f"Notice:       not displayed yet; nothing is sent until it is ({status.get('waiting', 0)} events waiting)"
         )
     if "queued" not in status:
-        return "\n".join(lines)
+        return mask_credentials("\n".join(lines))
     lines += [
         f"track_cells:  {status['track_cells']}",
         "Events:       queued {queued}, sent {sent}, failed {failed}, dropped {dropped}".format(**status),
@@ -62,4 +64,4 @@ def status_text(status: Mapping[str, Any]) -> str:
         lines.append(f"Paused:       {status['paused_seconds']} s more (the server answered 429)")
     if status["last_error"]:
         lines.append(f"Last error:   {status['last_error']}")
-    return "\n".join(lines)
+    return mask_credentials("\n".join(lines))
