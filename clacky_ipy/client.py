@@ -168,7 +168,7 @@ class Client:
         return (
             self._policy_off
             or self._config_off
-            or ("saved choice (%clacky_telemetry off or clacky-ipy telemetry off)" if self._user_off else None)
+            or ("the saved choice (%clacky_telemetry off / clacky-ipy telemetry off)" if self._user_off else None)
         )
 
     def off_reason(self) -> str | None:

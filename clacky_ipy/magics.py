@@ -49,6 +49,7 @@ class ClackyMagics(Magics):
         self._claimed = False  # the running top-level cell was already tracked by %%clacky
         self._notice_pending = False
         self._hooked = self._notice_hooked = False
+        self.matcher: Any = None  # the completion matcher, registered while loaded
 
     # -- hooks (every tracked cell pays for these: keep them short) --------------------
     def pre_run_cell(self, info: Any) -> None:
@@ -234,6 +235,44 @@ def log_text(n: int) -> str:
     return "\n".join(lines)
 
 
+def _suggest(text: str, first_line: bool) -> tuple[list[str], bool]:
+    """What to offer after `text` (the line up to the cursor): (words, whether they are all there is)."""
+    head, _, rest = text.lstrip().partition(" ")
+    if not _:
+        return [], False  # still typing the magic's name: IPython completes that
+    words = rest.split(" ")
+    token = words[-1]
+    if head in ("%clacky_telemetry", "clacky_telemetry"):
+        if len(words) == 1:
+            return [c for c in TELEMETRY_COMMANDS if c.startswith(token)], True
+        return [], words[0] == "log"  # `log N`: a number, nothing to offer
+    if (head == "%%clacky" and first_line) or head == "%clacky":
+        expects_value = len(words) > 1 and words[-2] in CLACKY_OPTIONS
+        if expects_value or not (token.startswith("-") or (head == "%%clacky" and not token)):
+            return [], False
+        used = set(words[:-1])
+        return [o for o in CLACKY_OPTIONS if o.startswith(token) and o not in used], True
+    return [], False
+
+
+def _matcher() -> Any:
+    """An IPython completion matcher for ``%clacky_telemetry`` arguments and ``%%clacky`` options."""
+    from IPython.core.completer import SimpleCompletion, context_matcher
+
+    @context_matcher(identifier="clacky_ipy")
+    def clacky_matcher(context: Any) -> dict[str, Any]:
+        try:
+            words, only = _suggest(context.text_until_cursor, context.cursor_line == 0)
+        except Exception:
+            words, only = [], False
+        return {
+            "completions": [SimpleCompletion(w, type="magic argument") for w in words],
+            "suppress": only,
+        }
+
+    return clacky_matcher
+
+
 def load(shell: Any) -> None:
     """``%load_ext clacky_ipy``: configurable, magics, hooks, then the startup event."""
     if shell in _ACTIVE:
@@ -243,6 +282,10 @@ def load(shell: Any) -> None:
     shell.configurables.append(telemetry)
     shell.register_magics(magics)
     _ACTIVE[shell] = magics
+    completer = getattr(shell, "Completer", None)
+    if completer is not None:
+        magics.matcher = _matcher()
+        completer.custom_matchers.append(magics.matcher)
     CLIENT.attach(telemetry, frontend=detect_frontend(shell))
     CLIENT.notice_display = magics.show_notice  # the events wait for it, in a cell's output
     CLIENT.startup()
@@ -259,6 +302,9 @@ def unload(shell: Any) -> None:
     if magics is None:
         return
     CLIENT.unlisten(magics.sync_hooks)
+    completer = getattr(shell, "Completer", None)
+    if completer is not None and magics.matcher in completer.custom_matchers:
+        completer.custom_matchers.remove(magics.matcher)
     if CLIENT.notice_display == magics.show_notice:
         CLIENT.notice_display = None
     magics.sync_hooks(loaded=False)

@@ -15,12 +15,12 @@ from .identity import read_brand_file
 
 #: What the device id is, in one sentence a user can check (also in the README and the notice).
 DEVICE_ID_COMPUTED = (
-    'pseudonymous: SHA-256 of "{hostname}:{user}:{platform}", exactly as the openclacky gem computes it, '
-    "so a machine counts once across the gem and notebooks; it hides the names, but anyone who knows "
-    "or guesses them can recompute it"
+    'pseudonymous: SHA-256 of "{hostname}:{user}:{platform}", as the openclacky gem computes it, so a machine '
+    "counts once across the gem and notebooks; it is not your names, but anyone who knows them can recompute it"
 )
-DEVICE_ID_STORED = "pseudonymous: the id the openclacky gem stored in {path} (the gem derives it the same way: " + (
-    'SHA-256 of "{{hostname}}:{{user}}:{{platform}}"); shared with the gem so a machine counts once'
+DEVICE_ID_STORED = (
+    "pseudonymous: stored by the openclacky gem in {path}, which derives it the same way (SHA-256 of "
+    '"{{hostname}}:{{user}}:{{platform}}"); shared with the gem so a machine counts once'
 )
 
 
@@ -49,9 +49,8 @@ def status_text(status: Mapping[str, Any]) -> str:
     if status.get("device_id_source"):
         lines.append(f"              {status['device_id_source']}")
     if status.get("notice_pending") and status["on"]:
-        lines.append(
-            f"Notice:       not displayed yet; nothing is sent until it is ({status.get('waiting', 0)} events waiting)"
-        )
+        waiting = f" ({status['waiting']} events waiting)" if "queued" in status else ""
+        lines.append(f"Notice:       not displayed yet in this Clacky home; nothing is sent until it is{waiting}")
     if "queued" not in status:
         return mask_credentials("\n".join(lines))
     lines += [
