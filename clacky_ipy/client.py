@@ -239,7 +239,16 @@ class Client:
             self.notice_pending = False
             self._notice_displayed = True
         notice.mark_seen()
-        self._release(send=not self.off_reason())
+        was_off = self.off_reason()
+        # a choice made while the notice waited, perhaps in another shell, counts
+        self._user_off = self._user_off or persisted_off()
+        self._policy_off = self._policy_off or policy_off_reason()
+        if self.off_reason():
+            self._release(send=False)
+            if not was_off:
+                self._notify()
+        else:
+            self._release(send=True)
 
     def _release(self, send: bool) -> None:
         """Hand the held events to the transport, or discard them (telemetry was turned off)."""

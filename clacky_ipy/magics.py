@@ -104,8 +104,18 @@ class ClackyMagics(Magics):
             return  # stays pending: shown when telemetry is turned on
         self._notice_pending = False
         print(NOTICE, flush=True)
-        CLIENT.notice_displayed()  # only now may the events that waited for it leave
+        # The events that waited leave when this cell ends, so that a cell that reads the
+        # notice and opts out (`%load_ext clacky_ipy` then `%clacky_telemetry off`) sends nothing.
+        self.shell.events.register("post_run_cell", self._notice_read)
         self.sync_hooks()  # the notice's own hook is done
+
+    def _notice_read(self, result: Any = None) -> None:
+        """post_run_cell of the cell that showed the notice: once, then let the events go."""
+        try:
+            self._hook(False, ("post_run_cell", self._notice_read))
+            CLIENT.notice_displayed()
+        except Exception:
+            pass
 
     def _notice_hook(self, info: Any) -> None:
         """pre_run_cell while the notice is pending: it lands in the first cell's output."""
