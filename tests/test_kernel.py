@@ -35,6 +35,7 @@ def outputs(nb, kind="stream"):
 
 def run_notebook(path, receiver, tmp_path):
     env = kernel_env(receiver.url, tmp_path / "home")
+    env["PYTHONPATH"] = subprocess_env()["PYTHONPATH"]  # the kernel imports this checkout, not another install
     return execute_notebook(path, env, tmp_path)
 
 
