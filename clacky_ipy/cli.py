@@ -71,7 +71,7 @@ def _rebuild(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main
 
-    return main(args.notebook)
+    return main(args.notebook, keep=args.keep)
 
 
 def _telemetry(args: argparse.Namespace) -> int:
@@ -142,7 +142,10 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_rebuild)
 
     d = sub.add_parser("demo", help="collector + quickstart notebook in a real kernel + report, offline")
-    d.add_argument("--notebook", help="run this notebook instead of the bundled quickstart")
+    d.add_argument(
+        "--notebook", help="a notebook's path, or a bundled one's name (quickstart, configuration); default: quickstart"
+    )
+    d.add_argument("--keep", metavar="PATH", help="keep the collector's SQLite database in PATH (a new file)")
     d.set_defaults(func=_demo)
     return p
 

@@ -17,7 +17,8 @@ clacky_ipy: usage telemetry for OpenClacky is on. It sends a pseudonymous device
 openclacky gem's SHA-256 of host name, user name and platform: not your names, but anyone who
 knows them can recompute it), versions and, per agent run, the duration, status, error class
 name and the agent's model, token and cost figures: never your code, outputs, error messages,
-paths or names. Nothing has been sent before this notice. Details: {DOCS_URL}
+paths or names. Nothing has been sent before this notice.
+Details: {DOCS_URL}
 Opt out: %clacky_telemetry off (or `clacky-ipy telemetry off` in a shell), or CLACKY_TELEMETRY=0
 (or DO_NOT_TRACK=1) in the environment. See what was sent: %clacky_telemetry log"""
 
