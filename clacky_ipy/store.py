@@ -573,7 +573,8 @@ class _SQLite(_Engine):
                     db.executemany(sql, params)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # some errors (a full disk) have rolled it back already
+                db.execute("ROLLBACK")
             raise
 
     def _run(self, sql: str) -> None:
