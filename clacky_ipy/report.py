@@ -195,7 +195,8 @@ def render(report: dict, fmt: str = "table") -> str:
         return json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        # Text quoted (numbers not): a carriage return inside a received name stays in its cell.
+        writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
         writer.writerow(["section", "key", "metric", "value"])
         writer.writerows([safe.csv_cell(cell) for cell in row] for row in _flat(report))
         return buffer.getvalue()
