@@ -57,7 +57,7 @@ def foreign(path):
     "make",
     [
         pytest.param(lambda p: p, id="missing"),
-        pytest.param(lambda p: p.write_bytes(b"") and p or p, id="empty"),
+        pytest.param(lambda p: p.write_bytes(b"") or p, id="empty"),
         pytest.param(corrupt, id="corrupt"),
         pytest.param(foreign, id="foreign"),
         pytest.param(lambda p: p.mkdir() or p, id="directory"),
@@ -172,7 +172,7 @@ def test_collect_warns_when_it_binds_beyond_loopback(tmp_path):
         assert requests.post(f"http://127.0.0.1:{port}/api/v1/telemetry/startup", json={}, timeout=5).status_code == 201
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     (warning,) = err.strip().splitlines()
     assert "warning" in warning and "0.0.0.0" in warning and "unauthenticated" in warning

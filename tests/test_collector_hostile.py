@@ -265,14 +265,17 @@ def test_2000_idle_connections_are_bounded_and_a_legitimate_client_is_served(tmp
 def test_a_client_that_stalls_is_cut_off_after_the_read_timeout(tmp_path):
     s = Server(tmp_path / "slow.db", "--read-timeout", "1")
     try:
-        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as silent, socket.create_connection(
-            ("127.0.0.1", s.port), timeout=10
-        ) as dripping:
+        silent = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        dripping = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        try:
             dripping.sendall(f"POST {TASK} HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{{".encode())
             start = time.monotonic()
             assert read_all(silent, 8) == b""  # closed by the server, no answer
             assert read_all(dripping, 8) == b""
             assert time.monotonic() - start < 6
+        finally:
+            silent.close()
+            dripping.close()
         assert s.count() == 0
         still_serves(s)
     finally:

@@ -18,7 +18,7 @@ from clacky_ipy import report, safe
 from clacky_ipy.store import open_store
 
 HOSTILE_NAMES = [
-    "=HYPERLINK(\"http://evil.example\",\"click\")",
+    '=HYPERLINK("http://evil.example","click")',
     "+cmd|' /C calc'!A0",
     "-2+3",
     "@SUM(A1:A9)",
