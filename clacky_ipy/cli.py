@@ -31,6 +31,8 @@ def _collect(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             read_timeout=args.read_timeout,
         )
+    except ImportError:
+        return _fail("collect", "the collector needs uvicorn: pip install 'clacky-ipy[collector]'")
     except StoreError as exc:
         return _fail("collect", str(exc))
     except OSError as exc:  # nothing was created: the port is bound before the database is opened

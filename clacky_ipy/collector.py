@@ -19,6 +19,7 @@ thread, so SQLite's cost per commit is shared and the event loop never blocks on
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -316,66 +317,73 @@ app = App()
 
 
 # -- the connection limits, on top of uvicorn's HTTP protocol ----------------------------------
-def _protocol_base() -> type:
+@functools.cache
+def protocol_class() -> type:
+    """`Protocol`, made on first use: importing this module does not need uvicorn."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol  # httptools when installed, else h11
 
-    return AutoHTTPProtocol
+    class Protocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        """uvicorn's HTTP protocol with a deadline per request and a cap on connections.
 
+        uvicorn alone keeps a connection that never sends a byte, or drips its headers, for
+        ever; and it answers 503 to everyone once too many are open. Here each connection has
+        `read_timeout` seconds to deliver a whole request, and beyond `max_connections` the
+        longest idle connection is closed to make room, so a flood of idle sockets cannot lock
+        a legitimate client out. Other servers: ``uvicorn --http clacky_ipy.collector:Protocol``.
+        """
 
-class Protocol(_protocol_base()):  # type: ignore[misc]
-    """uvicorn's HTTP protocol with a deadline per request and a cap on connections.
+        max_connections = MAX_CONNECTIONS
+        read_timeout = READ_TIMEOUT
 
-    uvicorn alone keeps a connection that never sends a byte, or drips its headers, for
-    ever; and it answers 503 to everyone once too many are open. Here each connection has
-    `read_timeout` seconds to deliver a whole request, and beyond `max_connections` the
-    longest idle connection is closed to make room, so a flood of idle sockets cannot lock
-    a legitimate client out. Run other servers with ``--http clacky_ipy.collector:Protocol``.
-    """
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._deadline: asyncio.TimerHandle | None = None
+            self._arm()
+            if len(self.connections) > self.max_connections:
+                self._make_room()
 
-    max_connections = MAX_CONNECTIONS
-    read_timeout = READ_TIMEOUT
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
 
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self._deadline: asyncio.TimerHandle | None = None
-        self._arm()
-        if len(self.connections) > self.max_connections:
-            self._make_room()
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request has its own deadline
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+        def _idle(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()  # the next request has its own deadline
+        def _arm(self) -> None:
+            self._disarm()
+            self._since = self.loop.time()
+            self._deadline = self.loop.call_later(self.read_timeout, self._expire)
 
-    def _idle(self) -> bool:
-        return self.cycle is None or self.cycle.response_complete
+        def _disarm(self) -> None:
+            if getattr(self, "_deadline", None) is not None:
+                self._deadline.cancel()
+                self._deadline = None
 
-    def _arm(self) -> None:
-        self._disarm()
-        self._since = self.loop.time()
-        self._deadline = self.loop.call_later(self.read_timeout, self._expire)
-
-    def _disarm(self) -> None:
-        if getattr(self, "_deadline", None) is not None:
-            self._deadline.cancel()
+        def _expire(self) -> None:
             self._deadline = None
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and not cycle.more_body:
+                self._deadline = self.loop.call_later(self.read_timeout, self._expire)  # read: being stored
+            elif not self.transport.is_closing():
+                self.transport.close()
 
-    def _expire(self) -> None:
-        self._deadline = None
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and not cycle.more_body:
-            self._deadline = self.loop.call_later(self.read_timeout, self._expire)  # read: being stored
-        elif not self.transport.is_closing():
-            self.transport.close()
+        def _make_room(self) -> None:
+            idle = [c for c in self.connections if c is not self and isinstance(c, Protocol) and c._idle()]
+            victim = min(idle, key=lambda c: c._since) if idle else self
+            victim.transport.close()
 
-    def _make_room(self) -> None:
-        idle = [c for c in self.connections if c is not self and isinstance(c, Protocol) and c._idle()]
-        victim = min(idle, key=lambda c: c._since) if idle else self
-        victim.transport.close()
+    return Protocol
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Protocol":  # for ``--http clacky_ipy.collector:Protocol``
+        return protocol_class()
+    raise AttributeError(name)
 
 
 # -- serving -----------------------------------------------------------------------------------
@@ -410,7 +418,8 @@ def bind(host: str, port: int) -> socket.socket:
 def _uvicorn_server(application: App, verbose: bool, max_connections: int, read_timeout: float) -> Any:
     import uvicorn
 
-    protocol = type("Protocol", (Protocol,), {"max_connections": max_connections, "read_timeout": read_timeout})
+    limits = {"max_connections": max_connections, "read_timeout": read_timeout}
+    protocol = type("Protocol", (protocol_class(),), limits)
 
     class Server(uvicorn.Server):
         """Stops on SIGINT/SIGTERM like uvicorn, then returns instead of re-raising the signal
@@ -451,7 +460,9 @@ class Collector:
         max_connections: int = MAX_CONNECTIONS,
         read_timeout: float = READ_TIMEOUT,
     ) -> None:
-        self.socket = bind(host, port)  # first: a busy port creates no database
+        import uvicorn  # noqa: F401  # first: without the collector extra, nothing is bound or created
+
+        self.socket = bind(host, port)  # then: a busy port creates no database
         try:
             self.store = open_store(db)
         except BaseException:
