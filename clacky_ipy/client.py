@@ -153,8 +153,12 @@ class Client:
         """Queue one event unless telemetry is off now. Never raises, never blocks.
 
         Checked here, when the event happens (an opt-out covers what happened while
-        it was set), and again by the worker just before sending.
+        it was set), and again by the worker just before sending. The first event
+        without the extension attaches the default configuration (environment,
+        persisted opt-out, debug), so that even it is printed instead of sent in debug.
         """
+        if self._config is None:
+            self.config  # noqa: B018 - attaches the default configuration
         if self.off_reason():
             return False
         if self.startup_pending and event != "startup":

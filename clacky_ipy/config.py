@@ -7,7 +7,9 @@ prints one line, keeps the previous value and never breaks a later construction.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,13 +33,27 @@ OFF_FILE = "ipy-telemetry-off"
 NOTICE_FILE = "ipy-telemetry-notice-shown"
 
 
+#: Upper bounds, in seconds, of `timeout` (one request) and `shutdown_timeout` (exit's flush).
+#: Past them a "timeout" is a hang; infinity made ``%clacky_telemetry flush`` raise.
+MAX_TIMEOUT = 60.0
+MAX_SHUTDOWN_TIMEOUT = 30.0
+
+#: The user-info part of a URL (``user:password@``), wherever it appears in a text.
+_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]+@")
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with every URL's ``user:password@`` replaced by ``***@``: for anything printed."""
+    return _USERINFO.sub("***@", text)
+
+
 def url_problem(url: Any) -> str | None:
-    """Why `url` is not an http(s) base URL, or None when it is one."""
+    """Why `url` is not an http(s) base URL, or None when it is one (credentials masked)."""
     if not isinstance(url, str):
-        return f"{url!r} is not a string"
+        return mask_credentials(f"{url!r} is not a string")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        return f"{url!r} is not an http(s) URL"
+        return mask_credentials(f"{url!r} is not an http(s) URL")
     return None
 
 
@@ -87,8 +103,8 @@ def persist_off(off: bool, home: Path | None = None) -> None:
 
 
 def _refusal(message: str) -> None:
-    """One line on stderr: what was refused and what stays."""
-    print(f"clacky_ipy: {message}", file=sys.stderr)
+    """One line on stderr: what was refused and what stays (never an endpoint's password)."""
+    print(mask_credentials(f"clacky_ipy: {message}"), file=sys.stderr)
 
 
 class ClackyTelemetry(Configurable):
@@ -109,10 +125,14 @@ class ClackyTelemetry(Configurable):
     track_cells = Bool(False, help="Send a task event (trigger 'cell') for every executed top-level cell.").tag(
         config=True
     )
-    timeout = Float(3.0, help="Seconds, used as both connect and read timeout of one request.").tag(config=True)
-    shutdown_timeout = Float(1.0, help="The most seconds interpreter exit may wait to deliver queued events.").tag(
-        config=True
-    )
+    timeout = Float(
+        3.0, help=f"Seconds, used as both connect and read timeout of one request (0 < timeout <= {MAX_TIMEOUT:g})."
+    ).tag(config=True)
+    shutdown_timeout = Float(
+        1.0,
+        help="The most seconds interpreter exit may wait to deliver queued events "
+        f"(0 < shutdown_timeout <= {MAX_SHUTDOWN_TIMEOUT:g}).",
+    ).tag(config=True)
     max_queue_size = Int(1000, help="Bound of the in-memory queue; when full, new events are dropped and counted.").tag(
         config=True
     )
@@ -168,8 +188,10 @@ class ClackyTelemetry(Configurable):
 
     @validate("timeout", "shutdown_timeout")
     def _check_seconds(self, proposal: Any) -> float:
-        if not proposal.value > 0:  # also refuses NaN
-            raise TraitError(f"{proposal.trait.name} must be a positive number of seconds")
+        name = proposal.trait.name
+        most = MAX_TIMEOUT if name == "timeout" else MAX_SHUTDOWN_TIMEOUT
+        if not (math.isfinite(proposal.value) and 0 < proposal.value <= most):  # also refuses NaN
+            raise TraitError(f"{name} must be a positive number of seconds, at most {most:g}")
         return proposal.value
 
     @validate("max_queue_size")

@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from .client import CLIENT
-from .config import DOCS_URL, NOTICE_FILE, ClackyTelemetry
+from .config import DOCS_URL, NOTICE_FILE, ClackyTelemetry, mask_credentials
 from .identity import clacky_home, detect_frontend
 
 NOTICE = f"""\
@@ -223,7 +223,7 @@ def status_text(status: Mapping[str, Any]) -> str:
         lines.append(f"Paused:       {status['paused_seconds']} s more (the server answered 429)")
     if status["last_error"]:
         lines.append(f"Last error:   {status['last_error']}")
-    return "\n".join(lines)
+    return mask_credentials("\n".join(lines))
 
 
 def load(shell: Any) -> None:

@@ -60,6 +60,14 @@ class Plan(NamedTuple):
 #: Turns a queued (event, fields) into a Plan, or None when telemetry is now off.
 Planner = Callable[[str, "dict[str, Any]"], Optional[Plan]]
 
+#: Told every event's final outcome: ``(event, path, body, outcome)``, where `body` is the
+#: exact bytes sent (None when it was never built) and `outcome` one of ``sent 201``,
+#: ``failed HTTP 500``, ``failed ConnectionError``, ``dropped: queue full``,
+#: ``dropped: paused (429)``, ``dropped: opted out``. It is how a user sees what left
+#: (``%clacky_telemetry log``); it runs on the worker (or the submitting thread for a
+#: full queue) and whatever it raises is ignored.
+OnOutcome = Callable[[str, str, Optional[bytes], str], Any]
+
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float:
     """Seconds to pause after a 429: ``Retry-After`` as seconds or HTTP date, else 60; at most 300."""
@@ -85,9 +93,14 @@ class Transport:
     """A queue and the one thread that drains it. Safe to call from any thread."""
 
     def __init__(
-        self, planner: Planner, shutdown_timeout: Callable[[], float], warm_up: Callable[[], Any] = lambda: None
+        self,
+        planner: Planner,
+        shutdown_timeout: Callable[[], float],
+        warm_up: Callable[[], Any] = lambda: None,
+        on_outcome: OnOutcome | None = None,
     ) -> None:
         self._planner = planner
+        self._on_outcome = on_outcome
         self._warm_up = warm_up
         self._shutdown_timeout = shutdown_timeout
         self.max_queue_size = 1000
@@ -112,6 +125,7 @@ class Transport:
         """Queue one event; False (and counted) when the queue is full."""
         if self._queue.qsize() >= self.max_queue_size:
             self._count_dropped()
+            self._outcome(event, None, "dropped: queue full")
             return False
         self._queue.put((event, fields))
         if self._thread is None:
@@ -142,12 +156,27 @@ class Transport:
                 item.set()
             elif item is not _STOP:
                 n += 1
+                self._outcome(item[0], None, "dropped: opted out")
         self._count_dropped(n)
         return n
 
     def _count_dropped(self, n: int = 1) -> None:
         with self._lock:
             self.dropped += n
+
+    def _outcome(self, event: str, body: bytes | None, outcome: str) -> None:
+        """Report one event's final outcome to `on_outcome`; never raises."""
+        if self._on_outcome is None:
+            return
+        try:
+            self._on_outcome(event, PATHS.get(event, ""), body, outcome)
+        except Exception:
+            pass
+
+    def _fail(self, event: str, body: bytes | None, reason: str) -> None:
+        self.failed += 1
+        self.last_error = reason
+        self._outcome(event, body, f"failed {reason}")
 
     def _start(self) -> None:
         with self._lock:
@@ -198,8 +227,7 @@ class Transport:
             try:
                 self._deliver(requests, session, routes, *item)
             except Exception as exc:  # a bug here must never reach the user
-                self.failed += 1
-                self.last_error = type(exc).__name__
+                self._fail(item[0], None, type(exc).__name__)
 
     @staticmethod
     def _route(requests: Any, routes: dict, url: str, user_agent: str) -> tuple[Any, dict[str, str]]:
@@ -219,14 +247,20 @@ class Transport:
         return route
 
     def _deliver(self, requests: Any, session: Any, routes: dict, event: str, fields: dict) -> None:
-        plan = None if time.monotonic() < self.paused_until else self._planner(event, fields)
-        if plan is None:  # paused after a 429, or telemetry is off now
+        if time.monotonic() < self.paused_until:
             self._count_dropped()
+            self._outcome(event, None, "dropped: paused (429)")
+            return
+        plan = self._planner(event, fields)
+        if plan is None:  # telemetry is off now
+            self._count_dropped()
+            self._outcome(event, None, "dropped: opted out")
             return
         if session is None:
-            self.failed += 1
+            self._fail(event, None, self.last_error or "ImportError")
             return
         body = json.dumps(plan.payload, separators=(",", ":"), allow_nan=False).encode()
+        connection_error = "ConnectionError"
         for host in plan.hosts:
             template, proxies = self._route(requests, routes, host + PATHS[event], plan.user_agent)
             request = template.copy()
@@ -234,19 +268,18 @@ class Transport:
             try:
                 response = session.send(request, timeout=plan.timeout, proxies=proxies, allow_redirects=False)
             except requests.ConnectionError as exc:  # incl. connect timeout: the server has nothing
-                self.last_error = type(exc).__name__
+                self.last_error = connection_error = type(exc).__name__
                 continue
             except requests.RequestException as exc:  # read timeout: it may have the event, never resend
-                self.failed += 1
-                self.last_error = type(exc).__name__
+                self._fail(event, body, type(exc).__name__)
                 return
             response.close()
             if 200 <= response.status_code < 300:
                 self.sent += 1
+                self._outcome(event, body, f"sent {response.status_code}")
                 return
-            self.failed += 1
-            self.last_error = f"HTTP {response.status_code}"
             if response.status_code == 429:
                 self.paused_until = time.monotonic() + retry_after_seconds(response.headers.get("Retry-After"))
+            self._fail(event, body, f"HTTP {response.status_code}")
             return
-        self.failed += 1  # every host refused the connection
+        self._fail(event, body, connection_error)  # every host refused the connection

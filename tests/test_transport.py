@@ -277,3 +277,72 @@ def test_http_proxy_is_honoured(api_to, receiver, env):
     receiver.wait()
     (request,) = receiver.requests
     assert request.host == "telemetry.invalid" and request.path == "/api/v1/telemetry/task"
+
+
+# -- every event's outcome is reported once ------------------------------------------------------
+def _outcome_transport(hosts, off=lambda: False):
+    from clacky_ipy.transport import Plan, Transport
+
+    seen = []
+
+    def planner(event, fields):
+        return None if off() else Plan({"event": event, **fields}, hosts(), 2.0, "test")
+
+    transport = Transport(planner, lambda: 1.0, on_outcome=lambda *args: seen.append(args))
+    return transport, seen
+
+
+def test_on_outcome_reports_sent_failed_and_dropped(receiver, refused_url, blackhole):
+    url = [receiver.url]
+    off = [False]
+    transport, seen = _outcome_transport(lambda: tuple(url), lambda: off[0])
+    transport.submit("task", {"n": 1})
+    assert transport.flush(5)
+    receiver.respond(500)
+    transport.submit("task", {"n": 2})
+    assert transport.flush(5)
+    url[:] = [refused_url]
+    transport.submit("startup", {"n": 3})
+    assert transport.flush(5)
+    off[0] = True
+    transport.submit("task", {"n": 4})
+    assert transport.flush(5)
+    bodies = [request.get_data() for request in receiver.requests]
+    assert seen == [
+        ("task", "/api/v1/telemetry/task", bodies[0], "sent 201"),
+        ("task", "/api/v1/telemetry/task", bodies[1], "failed HTTP 500"),
+        ("startup", "/api/v1/telemetry/startup", b'{"event":"startup","n":3}', "failed ConnectionError"),
+        ("task", "/api/v1/telemetry/task", None, "dropped: opted out"),
+    ]
+    assert bodies[0] == b'{"event":"task","n":1}'
+
+
+def test_on_outcome_reports_full_queue_and_discard(blackhole):
+    transport, seen = _outcome_transport(lambda: (blackhole,))
+    transport.max_queue_size = 2
+    for i in range(5):
+        transport.submit("task", {"n": i})  # the first is taken by the worker, stuck on the black hole
+    assert ("task", "/api/v1/telemetry/task", None, "dropped: queue full") in seen
+    transport.discard()
+    assert [o for *_, o in seen].count("dropped: opted out") >= 1
+
+
+def test_on_outcome_reports_the_pause_after_a_429(receiver):
+    transport, seen = _outcome_transport(lambda: (receiver.url,))
+    receiver.respond(429, {"Retry-After": "100"})
+    transport.submit("task", {"n": 1})
+    transport.submit("task", {"n": 2})
+    assert transport.flush(5)
+    assert [o for *_, o in seen] == ["failed HTTP 429", "dropped: paused (429)"]
+
+
+def test_an_outcome_callback_that_raises_changes_nothing(receiver):
+    from clacky_ipy.transport import Plan, Transport
+
+    def boom(*args):
+        raise RuntimeError("listener bug")
+
+    transport = Transport(lambda e, f: Plan({}, (receiver.url,), 2.0, "t"), lambda: 1.0, on_outcome=boom)
+    transport.submit("task", {})
+    assert transport.flush(5)
+    assert transport.sent == 1 and transport.failed == 0
