@@ -281,3 +281,40 @@ def test_a_client_that_stalls_is_cut_off_after_the_read_timeout(tmp_path):
     finally:
         _, err = s.stop()
     assert "Traceback" not in err
+
+
+def test_the_asgi_app_under_uvicorn_workers(tmp_path):
+    """`uvicorn clacky_ipy.collector:app` with the database from $CLACKY_COLLECTOR_DB, two worker
+    processes, the connection limits of `Protocol`; concurrent clients lose nothing."""
+    port, db = free_port(), tmp_path / "workers.db"
+    cmd = [PYTHON, "-m", "uvicorn", "clacky_ipy.collector:app", "--port", str(port), "--workers", "2"]
+    cmd += ["--http", "clacky_ipy.collector:Protocol", "--no-access-log"]
+    proc = subprocess.Popen(
+        cmd, env=subprocess_env(CLACKY_COLLECTOR_DB=str(db)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(url + TASK, timeout=2).status_code == 405:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+
+        def client(i: int) -> None:
+            with requests.Session() as session:
+                for n in range(25):
+                    assert session.post(url + TASK, json={"device_id": f"w{i}", "iterations": n}, timeout=10).ok
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 200
