@@ -1,4 +1,4 @@
-"""``clacky-ipy`` / ``python -m clacky_ipy``: collect, report, demo."""
+"""``clacky-ipy`` / ``python -m clacky_ipy``: telemetry, collect, report, demo."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def _report(args: argparse.Namespace) -> int:
             return _fail("report", "--plot needs matplotlib: pip install 'clacky-ipy[plot]'")
     try:
         data = report.build(args.db, days=args.days, exclude_ci=args.exclude_ci)
-    except (StoreError, FileNotFoundError) as exc:
+    except StoreError as exc:
         return _fail("report", str(exc))
     try:
         sys.stdout.write(report.render(data, args.format))
@@ -102,10 +102,48 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rebuild(args: argparse.Namespace) -> int:
+    from .store import StoreError, rebuild
+
+    try:
+        done = rebuild(args.db)
+    except StoreError as exc:
+        print(f"clacky-ipy rebuild: {exc}", file=sys.stderr)
+        return 2
+    print(f"rebuilt the rollups of {done.events:,} events in {done.seconds:.1f} s", flush=True)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main
 
-    return main(args.notebook)
+    return main(args.notebook, keep=args.keep)
+
+
+def _telemetry(args: argparse.Namespace) -> int:
+    """The same saved switch as ``%clacky_telemetry on|off``, from a shell; `status` without a session."""
+    from .client import Client
+    from .config import ClackyTelemetry, saved_choice_path
+    from .status import status_text
+
+    client = Client()  # this process's own: it sends nothing (no startup, no worker)
+    client.attach(ClackyTelemetry())
+    if args.action in ("on", "off"):
+        error = client.set_user_off(args.action == "off")
+        if error:
+            print(f"clacky-ipy telemetry: {error}", file=sys.stderr)
+            return 1
+        path = saved_choice_path()
+        if args.action == "off":
+            print(f"Telemetry is off: saved in {path}; every later IPython, Jupyter or Python session honours it.")
+        else:
+            reason = client.off_reason()
+            print(f"Saved choice: on ({path} removed).")
+            print(f"Telemetry stays off: {reason}." if reason else "Telemetry is on.")
+        return 0
+    print(status_text(client.switches()))
+    print("A session's configuration (c.ClackyTelemetry.enabled = False, %config) can also turn it off there.")
+    return 0
 
 
 #: The longest --days: a century (a billion days is past the calendar's end).
@@ -135,8 +173,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
+    from .client import __version__
+
     p = _Parser(prog="clacky-ipy", description="OpenClacky telemetry for IPython: tools.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"clacky-ipy {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("telemetry", help="show telemetry's state, or turn it on or off for later sessions")
+    t.add_argument(
+        "action", nargs="?", choices=("status", "on", "off"), default="status",
+        help="status (default): on or off and why, the saved choice's file, endpoint, device id; "
+        "on/off: the saved choice, the same as %%clacky_telemetry on/off",
+    )  # fmt: skip
+    t.set_defaults(func=_telemetry)
 
     c = sub.add_parser("collect", help="run the reference collector (SQLite)")
     c.add_argument("--db", default="clacky-events.db", help="SQLite file (default: clacky-events.db)")
@@ -171,14 +220,25 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--plot", metavar="FILE.png", help="also draw daily active devices and tasks per day")
     r.set_defaults(func=_report)
 
+    b = sub.add_parser("rebuild", help="recompute the report's rollups from the raw events (repair, upgrade)")
+    b.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
+    b.set_defaults(func=_rebuild)
+
     d = sub.add_parser("demo", help="collector + quickstart notebook in a real kernel + report, offline")
-    d.add_argument("--notebook", help="run this notebook instead of the bundled quickstart")
+    d.add_argument(
+        "--notebook", help="a notebook's path, or a bundled one's name (quickstart, configuration); default: quickstart"
+    )
+    d.add_argument("--keep", metavar="PATH", help="keep the collector's SQLite database in PATH (a new file)")
     d.set_defaults(func=_demo)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command is None:  # `clacky-ipy` alone: what it can do
+        p.print_help()
+        return 0
     return args.func(args)
 
 

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import payload, safe
-from .store import INDEXES, Store, StoreError, open_store, utc_now
+from .store import Store, StoreError, open_store, utc_now
 
-#: `Store`, `StoreError`, `INDEXES` and `utc_now` live in `store`; still importable from here.
-__all__ = ["DB_ENV", "INDEXES", "MAX_BODY", "App", "Collector", "Store", "StoreError", "app", "parse", "utc_now"]
+#: `Store`, `StoreError` and `utc_now` live in `store`; still importable from here.
+__all__ = ["DB_ENV", "MAX_BODY", "App", "Collector", "Store", "StoreError", "app", "parse", "utc_now"]
 
 MAX_BODY = 16 * 1024
 #: Where ``uvicorn clacky_ipy.collector:app`` (or gunicorn, or any ASGI server) stores events.

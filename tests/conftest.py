@@ -24,10 +24,16 @@ CLOSED_URL = "http://127.0.0.1:9"  # the discard port: nothing listens, connecti
 ISOLATION = {"CLACKY_LICENSE_SERVER": CLOSED_URL, "CLACKY_HOME": _HOME}
 SWITCHES = ("CLACKY_TELEMETRY", "DO_NOT_TRACK", "CLACKY_TELEMETRY_DEBUG", "CLACKY_LAUNCHED_BY")
 os.environ.update(ISOLATION)
+# The session's home has seen the notice, so that a child's events leave at once whatever ran
+# before; tests of the notice itself use a fresh home (the `home` fixture, or their own).
+Path(_HOME, "ipy-telemetry-notice-shown").write_text("shown\n")
 for _name in SWITCHES:
     os.environ.pop(_name, None)
 
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
+
+# A real PostgreSQL for the store's tests (skipped with the reason where no server exists).
+from pgserver import db_target, pg_url, postgres_server  # noqa: E402, F401
 
 import clacky_ipy  # noqa: E402
 from clacky_ipy import client as client_module  # noqa: E402
