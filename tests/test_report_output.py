@@ -43,6 +43,7 @@ def base_report(**overrides):
     r = {
         "filters": {"days": None, "exclude_ci": False},
         "unique_devices": 1,
+        "new_devices": 1,
         "startups": 1,
         "tasks": 1,
         "daily": [{"day": "2026-11-20", "active_devices": 1, "tasks": 1}],
