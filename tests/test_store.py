@@ -419,7 +419,7 @@ def test_percentiles_from_merged_histograms_are_within_one_percent(values):
     """Each day's histogram as the store keeps it, merged as the report's query merges them."""
     events = [(f"2026-11-2{day}T00:00:00.000000Z", "task", {"duration_ms": ms}) for ms, day in values]
     merged = {}
-    for (_, _, status, index), (n, lo, hi) in _rollups(events)["rollup_durations"].items():
+    for (status, index, _, _), (n, lo, hi) in _rollups(events)["rollup_durations"].items():
         got = merged.get((status, index))
         merged[(status, index)] = [n, lo, hi] if got is None else [got[0] + n, min(got[1], lo), max(got[2], hi)]
     figures = report._percentiles([(s, i, n, lo, hi) for (s, i), (n, lo, hi) in merged.items()])["(none)"]
