@@ -32,6 +32,11 @@ DO_NOT_TRACK_WORDS = ("1", "true", "yes")
 OFF_FILE = "ipy-telemetry-off"
 NOTICE_FILE = "ipy-telemetry-notice-shown"
 
+#: A file of this name in a policy directory turns telemetry off for everyone there.
+POLICY_FILE = "telemetry-off"
+#: Extra policy directories (os.pathsep-separated), searched after the two standard ones.
+POLICY_DIRS_ENV = "CLACKY_POLICY_DIRS"
+
 
 #: Upper bounds, in seconds, of `timeout` (one request) and `shutdown_timeout` (exit's flush).
 #: Past them a "timeout" is a hang; infinity made ``%clacky_telemetry flush`` raise.
@@ -83,18 +88,52 @@ def env_off_reason(env: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
+def policy_dirs() -> list[Path]:
+    """Where an administrator can turn telemetry off for a machine or an environment.
+
+    ``/etc/clacky`` (the machine), ``{sys.prefix}/etc/clacky`` (a virtualenv, a conda
+    environment, a container image, a JupyterHub's kernel environment: it reaches every
+    kernel started from it, which an environment variable does not), then the
+    directories named by ``$CLACKY_POLICY_DIRS``.
+    """
+    extra = (getenv(POLICY_DIRS_ENV) or "").split(os.pathsep)
+    return [Path("/etc/clacky"), Path(sys.prefix) / "etc" / "clacky", *(Path(d) for d in extra if d.strip())]
+
+
+def policy_off_reason() -> str | None:
+    """The policy file that turns telemetry off, which nothing can override; None when there is none."""
+    for directory in policy_dirs():
+        path = directory / POLICY_FILE
+        try:
+            if path.exists():
+                return f"policy file {path}"
+        except OSError:
+            continue
+    return None
+
+
+def machine_off_reason() -> str | None:
+    """The switches no user setting can override: the environment, then a policy file."""
+    return env_off_reason() or policy_off_reason()
+
+
+def saved_choice_path(home: Path | None = None) -> Path:
+    """Where ``%clacky_telemetry off`` / ``clacky-ipy telemetry off`` saves the choice."""
+    return (home or clacky_home()) / OFF_FILE
+
+
 def env_flag(name: str, env: Mapping[str, str] = os.environ) -> bool:
     return env.get(name, "").strip().lower() in ("1", "true")
 
 
 def persisted_off(home: Path | None = None) -> bool:
     """True once ``%clacky_telemetry off`` was run for this Clacky home."""
-    return ((home or clacky_home()) / OFF_FILE).exists()
+    return saved_choice_path(home).exists()
 
 
 def persist_off(off: bool, home: Path | None = None) -> None:
     """Save or clear the user's ``%clacky_telemetry off`` (raises OSError if it cannot)."""
-    path = (home or clacky_home()) / OFF_FILE
+    path = saved_choice_path(home)
     if off:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("telemetry turned off by %clacky_telemetry off\n", encoding="utf-8")
@@ -108,11 +147,13 @@ def _refusal(message: str) -> None:
 
 
 class ClackyTelemetry(Configurable):
-    """Anonymous usage telemetry for OpenClacky agents in IPython and Jupyter."""
+    """Pseudonymous usage telemetry for OpenClacky agents in IPython and Jupyter."""
 
-    enabled = Bool(True, help="Send telemetry. The environment (CLACKY_TELEMETRY=0, DO_NOT_TRACK=1) always wins.").tag(
-        config=True
-    )
+    enabled = Bool(
+        True,
+        help="Send telemetry. The environment (CLACKY_TELEMETRY=0, DO_NOT_TRACK=1) and a "
+        "policy file (telemetry-off in /etc/clacky or {sys.prefix}/etc/clacky) always win.",
+    ).tag(config=True)
     endpoint = Unicode(
         help="Base URL of the telemetry server (default: $CLACKY_LICENSE_SERVER, else "
         f"{DEFAULT_ENDPOINT}). Events go to {{endpoint}}/api/v1/telemetry/startup and /task."

@@ -24,6 +24,9 @@ CLOSED_URL = "http://127.0.0.1:9"  # the discard port: nothing listens, connecti
 ISOLATION = {"CLACKY_LICENSE_SERVER": CLOSED_URL, "CLACKY_HOME": _HOME}
 SWITCHES = ("CLACKY_TELEMETRY", "DO_NOT_TRACK", "CLACKY_TELEMETRY_DEBUG", "CLACKY_LAUNCHED_BY")
 os.environ.update(ISOLATION)
+# The session's home has seen the notice, so that a child's events leave at once whatever ran
+# before; tests of the notice itself use a fresh home (the `home` fixture, or their own).
+Path(_HOME, "ipy-telemetry-notice-shown").write_text("shown\n")
 for _name in SWITCHES:
     os.environ.pop(_name, None)
 
