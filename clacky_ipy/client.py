@@ -78,6 +78,12 @@ class Client:
         self._debug = False
         self._listeners: list[Callable[[], None]] = []  # told when telemetry may have turned on or off
 
+    def forget_process_state(self) -> None:
+        """In a forked child: the parent sends what waited for the notice, and its log is the parent's."""
+        self._held_lock = threading.Lock()  # another thread may have held it at the fork
+        self._held = []
+        self.log.clear()
+
     def reset(self) -> None:
         """Forget everything, as a new process would (for tests)."""
         config = self._config
@@ -415,6 +421,7 @@ class Client:
 
 CLIENT = Client()
 os.register_at_fork(after_in_child=CLIENT.transport.reset)
+os.register_at_fork(after_in_child=CLIENT.forget_process_state)
 
 
 # -- the public Python API ----------------------------------------------------------

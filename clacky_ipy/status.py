@@ -39,8 +39,8 @@ def status_text(status: Mapping[str, Any]) -> str:
     saved = status.get("saved_choice")
     lines = [f"Telemetry:    {state}"]
     if saved:
-        choice = "off" if status.get("saved_off") else "on (nothing saved)"
-        lines.append(f"Saved choice: {choice}; kept in {saved}")
+        choice = f"off, saved in {saved}" if status.get("saved_off") else f"on (`off` would be saved in {saved})"
+        lines.append(f"Saved choice: {choice}")
     lines.append(
         f"Endpoint:     {status['endpoint']}"
         + (f" (fallbacks: {', '.join(status['fallback_endpoints'])})" if status["fallback_endpoints"] else "")

@@ -259,7 +259,7 @@ def test_shell_status_names_the_switch_the_file_the_endpoint_and_the_device_id(t
     proc = cli(home, "telemetry", "status", CLACKY_LICENSE_SERVER="http://alice:s3cret@127.0.0.1:9")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "Telemetry:    on" in out and f"kept in {home / OFF_FILE}" in out
+    assert "Telemetry:    on" in out and f"would be saved in {home / OFF_FILE}" in out
     assert "http://***@127.0.0.1:9" in out and "s3cret" not in out
     assert "pseudonymous" in out and "{hostname}:{user}:{platform}" in out
     assert not home.exists()  # status writes nothing
@@ -415,3 +415,28 @@ def test_completion_of_a_cell_magics_first_line_and_gone_after_unload(ip):
     assert completions(ip, "%%clacky --pro\nagent.run()", len("%%clacky --pro")) == ["--provider"]
     run(ip, "%unload_ext clacky_ipy")
     assert "off" not in completions(ip, "%clacky_telemetry o")
+
+
+def test_a_forked_child_never_sends_what_waited_in_its_parent(ip, receiver, home):
+    import os
+    import warnings
+
+    ip.config.ClackyTelemetry.endpoint = receiver.url
+    ip.extension_manager.load_extension("clacky_ipy")
+    clacky_ipy.task(model="parent")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            CLIENT.notice_displayed()
+            code = 0 if clacky_ipy.flush(5) and CLIENT.recent() == [] else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert receiver.requests == []
+    run(ip, "x = 1")  # the parent shows the notice: its own events go, once
+    receiver.wait()
+    assert [r.path.rsplit("/", 1)[-1] for r in receiver.requests] == ["startup", "task"]
