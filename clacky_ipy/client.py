@@ -232,6 +232,11 @@ class Client:
                 return True
         return self.transport.submit(event, fields)  # displayed meanwhile, by another thread
 
+    @property
+    def waiting(self) -> int:
+        """How many events wait for the notice."""
+        return len(self._held)
+
     def notice_displayed(self, print_to_stderr: bool = False) -> None:
         """The notice is now where a person sees it: remember that, and send what waited for it."""
         with self._held_lock:
@@ -301,7 +306,9 @@ class Client:
         return self.submit("task", event)
 
     def flush(self, timeout: float | None = None) -> bool:
-        return self.transport.flush(self.config.shutdown_timeout if timeout is None else timeout)
+        """Wait for the queue; False also while events wait for the notice (they cannot leave yet)."""
+        drained = self.transport.flush(self.config.shutdown_timeout if timeout is None else timeout)
+        return drained and not self.waiting
 
     # -- payloads ------------------------------------------------------------------
     def context(self) -> dict[str, Any]:
@@ -398,7 +405,7 @@ class Client:
             "device_id": self.context()["device_id"],
             "device_id_source": device_id_source(home),
             "notice_pending": self.notice_pending,
-            "waiting": len(self._held),
+            "waiting": self.waiting,
         }
 
     def status(self) -> dict[str, Any]:

@@ -324,10 +324,13 @@ class ClackyMagics(Magics):
         elif command == "flush":
             timeout = self.telemetry.shutdown_timeout
             drained = CLIENT.flush()
+            waiting = CLIENT.waiting
             print(
                 "Flushed: nothing left in the queue."
                 if drained
                 else f"Not drained within {timeout:g} s; still queued: {CLIENT.transport.queued}."
+                if not waiting
+                else f"Waiting for the notice: {waiting} events; they leave when the cell that shows it ends."
             )
         else:
             raise UsageError(f"unknown argument {line.strip()!r}: use %clacky_telemetry [status|on|off|log [N]|flush]")

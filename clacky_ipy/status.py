@@ -6,6 +6,7 @@ which switch decided, where the saved choice lives, or what the device id is.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ def status_text(status: Mapping[str, Any]) -> str:
     )
     lines.append(f"Device id:    {status['device_id']}")
     if status.get("device_id_source"):
-        lines.append(f"              {status['device_id_source']}")
+        pad = " " * 14
+        lines.append(textwrap.fill(status["device_id_source"], width=100, initial_indent=pad, subsequent_indent=pad))
     if status.get("notice_pending") and status["on"]:
         waiting = f" ({status['waiting']} events waiting)" if "queued" in status else ""
         lines.append(f"Notice:       not displayed yet in this Clacky home; nothing is sent until it is{waiting}")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import CLIENT, PYTHON, TELEMETRY_PATH, load, run, subprocess_env
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import clacky_ipy
 from clacky_ipy.config import NOTICE_FILE, OFF_FILE, POLICY_DIRS_ENV, policy_dirs
@@ -440,3 +442,31 @@ def test_a_forked_child_never_sends_what_waited_in_its_parent(ip, receiver, home
     run(ip, "x = 1")  # the parent shows the notice: its own events go, once
     receiver.wait()
     assert [r.path.rsplit("/", 1)[-1] for r in receiver.requests] == ["startup", "task"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    model=st.one_of(st.none(), st.text(max_size=100)),
+    iterations=st.one_of(st.integers(), st.floats(), st.text(max_size=5)),
+    cost=st.one_of(st.floats(allow_nan=True), st.integers(min_value=-(2**70), max_value=2**70)),
+)
+def test_the_log_holds_exactly_the_bytes_the_server_received_whatever_the_values(ip, receiver, model, iterations, cost):
+    if "clacky_ipy" not in ip.extension_manager.loaded:
+        load(ip, endpoint=receiver.url)
+    receiver.wait()
+    receiver.server.clear_log()
+    assert clacky_ipy.task({"total_cost_usd": cost}, model=model, iterations=iterations)
+    receiver.wait()
+    (request,) = receiver.requests
+    last = clacky_ipy.recent(1)[0]
+    assert (last["outcome"], last["path"]) == ("sent 201", request.path)
+    assert last["payload"].encode("utf-8") == request.get_data()
+
+
+def test_flush_in_the_loading_cell_says_the_events_wait_for_the_notice(ip, receiver, home, capsys):
+    ip.config.ClackyTelemetry.endpoint = receiver.url
+    run(ip, "%load_ext clacky_ipy\n%clacky_telemetry flush\nimport clacky_ipy\nflushed = clacky_ipy.flush(1)")
+    assert "Waiting for the notice: 1 events" in capsys.readouterr().out
+    assert ip.user_ns["flushed"] is False
+    receiver.wait()
+    assert len(receiver.events("startup")) == 1
