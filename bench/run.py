@@ -704,9 +704,9 @@ class Bench:
 def fill(db: Path, n: int, devices: int = 2000, days: int = 30) -> None:
     """`n` plausible events straight into a collector's table (bulk, not over HTTP)."""
     from clacky_ipy import payload
-    from clacky_ipy.collector import Store
+    from clacky_ipy.store import open_store, rebuild
 
-    Store(db).close()  # the collector's own schema and indexes
+    open_store(db).close()  # the collector's own schema
     rng = random.Random(1)
     now = datetime.now(timezone.utc)
     ids = [f"{i:064x}" for i in range(devices)]
@@ -740,6 +740,7 @@ def fill(db: Path, n: int, devices: int = 2000, days: int = 30) -> None:
     with con:
         con.executemany(sql, rows())
     con.close()
+    rebuild(db)  # the rollups of the rows inserted behind the store's back
 
 
 # -- output ------------------------------------------------------------------------------------

@@ -38,10 +38,11 @@ def _collect(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from . import report
+    from .store import StoreError
 
     try:
         data = report.build(args.db, days=args.days, exclude_ci=args.exclude_ci)
-    except FileNotFoundError as exc:
+    except StoreError as exc:
         print(f"clacky-ipy report: {exc}", file=sys.stderr)
         return 2
     print(report.render(data, args.format), end="")
@@ -52,6 +53,18 @@ def _report(args: argparse.Namespace) -> int:
             print("clacky-ipy report: --plot needs matplotlib: pip install 'clacky-ipy[plot]'", file=sys.stderr)
             return 2
         print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from .store import StoreError, rebuild
+
+    try:
+        done = rebuild(args.db)
+    except StoreError as exc:
+        print(f"clacky-ipy rebuild: {exc}", file=sys.stderr)
+        return 2
+    print(f"rebuilt the rollups of {done.events:,} events in {done.seconds:.1f} s", flush=True)
     return 0
 
 
@@ -123,6 +136,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--exclude-ci", action="store_true", help="leave out events sent from CI")
     r.add_argument("--plot", metavar="FILE.png", help="also draw daily active devices and tasks per day")
     r.set_defaults(func=_report)
+
+    b = sub.add_parser("rebuild", help="recompute the report's rollups from the raw events (repair, upgrade)")
+    b.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
+    b.set_defaults(func=_rebuild)
 
     d = sub.add_parser("demo", help="collector + quickstart notebook in a real kernel + report, offline")
     d.add_argument(

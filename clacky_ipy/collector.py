@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from . import payload
-from .store import INDEXES, Store, StoreError, open_store, utc_now
+from .store import Store, StoreError, open_store, utc_now
 
-__all__ = ["INDEXES", "MAX_BODY", "Collector", "Handler", "Store", "StoreError", "utc_now"]
+__all__ = ["MAX_BODY", "Collector", "Handler", "Store", "StoreError", "utc_now"]
 
 MAX_BODY = 16 * 1024
 _ROUTES = {path: event for event, path in payload.PATHS.items()}
