@@ -145,9 +145,9 @@ def kernel(env, extra=()):
     return start_new_kernel(kernel_name="python3", extra_arguments=list(extra), env=env)
 
 
-def execute(kc, code):
+def execute(kc, code, **kwargs):
     """Run `code`; return [(header date as epoch, stream text)] of its output."""
-    msg_id = kc.execute(code)
+    msg_id = kc.execute(code, **kwargs)
     out = []
     while True:
         msg = kc.get_iopub_msg(timeout=60)
@@ -219,6 +219,8 @@ def test_kernel_with_the_extension_at_startup_waits_for_the_first_cell(receiver,
     try:
         time.sleep(2)  # a kernel that sent at start-up has done so by now
         assert receiver.requests == []
+        hidden = execute(kc, "x = 0", store_history=False)  # a frontend's own set-up code (VS Code)
+        assert hidden == [] and settle(receiver) == []
         out = "".join(text for _, text in execute(kc, "x = 1"))
         assert NOTICE_MARK in out
         execute(kc, "%clacky_telemetry flush")
