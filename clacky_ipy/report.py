@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from . import store
+from . import safe, store
 
 TOKEN_COLUMNS = store.SUMS[1:]
 
@@ -185,45 +185,97 @@ def _flat(report: dict) -> list[tuple[str, str, str, Any]]:
     return out
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every infinite or NaN float as None: JSON has neither, and a tool reading
+    the report must never be handed ``Infinity``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
 def render(report: dict, fmt: str = "table") -> str:
-    """The report as ``table`` (for people), ``json`` or ``csv`` (for tools)."""
+    """The report as ``table`` (for people), ``json`` or ``csv`` (for tools).
+
+    Keys (models, providers, statuses...) are whatever clients sent, so each format is made
+    safe for where it goes: JSON is always valid JSON, CSV cells never start a spreadsheet
+    formula, and the table shows control characters as escapes (see `safe`).
+    """
     if fmt == "json":
-        return json.dumps(report, indent=2)
+        return json.dumps(_finite(report), indent=2, allow_nan=False) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        # Text quoted (numbers not): a carriage return inside a received name stays in its cell.
+        writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
         writer.writerow(["section", "key", "metric", "value"])
-        writer.writerows(_flat(report))
+        writer.writerows([safe.csv_cell(cell) for cell in row] for row in _flat(report))
         return buffer.getvalue()
     lines, section = [], None
     for name, key, metric, value in _flat(report):
         if name != section:
             lines.append(f"\n{name}")
             section = name
-        label = f"{key}  {metric}" if key else metric
-        lines.append(f"  {label:<44} {'-' if value is None else value}")
+        label = safe.printable(f"{key}  {metric}" if key else metric)
+        lines.append(f"  {label:<44} {'-' if value is None else safe.printable(str(value))}")
     title = "clacky-ipy report" + (f" (last {report['filters']['days']} days)" if report["filters"]["days"] else "")
     title += " (CI excluded)" if report["filters"]["exclude_ci"] else ""
     return title + "\n" + "\n".join(lines).lstrip("\n") + "\n"
 
 
 def plot(report: dict, path: str | Path) -> None:
-    """Daily active devices and tasks per day, as a PNG (needs the ``plot`` extra)."""
+    """Daily active devices and tasks per day as a PNG (needs the ``plot`` extra).
+
+    Two panels, each with its own scale (tens of devices next to thousands of tasks would
+    flatten the devices to zero), over a real date axis: a day without events is an empty
+    slot, never two neighbouring points. Bars stay readable from one day to a year, and an
+    empty report says so in words instead of drawing an empty frame.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    days = [row["day"] for row in report["daily"]]
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
-    ax.plot(days, [row["active_devices"] for row in report["daily"]], marker="o", label="daily active devices")
-    ax.plot(days, [row["tasks"] for row in report["daily"]], marker="s", label="tasks per day")
-    ax.set_xlabel("day (UTC)")
-    ax.set_ylabel("count")
-    ax.set_title("clacky-ipy telemetry")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
+    title = "clacky-ipy telemetry" + (f", last {report['filters']['days']} days" if report["filters"]["days"] else "")
+    title += " (CI excluded)" if report["filters"]["exclude_ci"] else ""
+    daily = report["daily"]
+    if not daily:
+        fig = plt.figure(figsize=(9, 3), dpi=100)
+        fig.text(0.5, 0.6, title, ha="center", va="center", fontsize=13, weight="bold")
+        fig.text(0.5, 0.4, "No events to plot: nothing was received in this period.", ha="center", va="center")
+        fig.savefig(path)
+        plt.close(fig)
+        return
+    # Each bar fills its own day (centred at noon), so a day's tick sits under its bar.
+    days = [datetime.strptime(row["day"], "%Y-%m-%d") + timedelta(hours=12) for row in daily]
+    fig, axes = plt.subplots(2, 1, sharex=True, figsize=(10, 6), dpi=100)
+    panels = (("active_devices", "daily active devices", "tab:blue"), ("tasks", "tasks per day", "tab:orange"))
+    for ax, (key, label, color) in zip(axes, panels):
+        values = [row[key] or 0 for row in daily]
+        ax.bar(days, values, width=0.8, color=color, align="center")
+        ax.set_ylabel(label)
+        ax.set_ylim(0, max(1, max(values)) * 1.1)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    first, last = min(days), max(days)
+    span = (last - first).days + 1
+    axis = axes[-1].xaxis
+    if span <= 31:  # a tick under every bar (every few on a month), named by its date
+        step = math.ceil(span / 10)
+        axes[-1].set_xticks([first + timedelta(days=i) for i in range(0, span, step)])
+        axis.set_major_formatter(mdates.DateFormatter("%b %d\n%Y" if span <= 2 else "%b %d"))
+    else:  # months (and years), as a calendar shows them
+        locator = mdates.AutoDateLocator(minticks=4, maxticks=12)
+        axis.set_major_locator(locator)
+        axis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    margin = timedelta(days=max(1, span // 60))
+    axes[-1].set_xlim(first - timedelta(hours=12) - margin, last + timedelta(hours=12) + margin)
+    axes[-1].set_xlabel("day (UTC)")
+    axes[0].set_title(f"{title}: {report['unique_devices']} devices, {report['tasks']} tasks")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
