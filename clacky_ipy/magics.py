@@ -3,7 +3,8 @@
 The hooks are the hot path, and they are registered only while they can send
 something (``track_cells`` on and no switch of this process off): otherwise a
 cell costs nothing at all. ``pre_run_cell`` records a start time and
-``post_run_cell`` queues one small dict when the finished cell is top-level.
+``post_run_cell`` queues one small tuple when the finished cell is top-level: the
+status, the rounding and the extension-cell check happen on the worker.
 Each run is matched by its ``ExecutionInfo``, so the cell that loaded the
 extension (a post without a pre) and a magic's nested run are never counted.
 """
@@ -19,7 +20,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
-from .client import CLIENT
+from .client import CLIENT, INTERRUPTED
 from .config import DOCS_URL, NOTICE_FILE, ClackyTelemetry
 from .identity import clacky_home, detect_frontend
 
@@ -31,11 +32,6 @@ Details: {DOCS_URL}
 Opt out: %clacky_telemetry off, or CLACKY_TELEMETRY=0 (or DO_NOT_TRACK=1) in the environment."""
 
 _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shell -> its ClackyMagics
-
-
-def _is_extension_cell(info: Any) -> bool:
-    raw = getattr(info, "raw_cell", None) or ""
-    return "load_ext" in raw and "clacky_ipy" in raw
 
 
 @magics_class
@@ -55,6 +51,7 @@ class ClackyMagics(Magics):
         self._frames.append((info, perf_counter()))
 
     def post_run_cell(self, result: Any) -> None:
+        end = perf_counter()
         try:
             frames = self._frames
             if not frames or (result is not None and frames[-1][0] is not result.info):
@@ -62,12 +59,12 @@ class ClackyMagics(Magics):
             info, start = frames.pop()
             if frames:
                 return  # a nested run, e.g. the body of %%clacky
-            claimed, self._claimed = self._claimed, False
-            if claimed or _is_extension_cell(info):
+            if self._claimed:
+                self._claimed = False
                 return
             # ipykernel passes None for an interrupted async cell
-            error = KeyboardInterrupt() if result is None else (result.error_before_exec or result.error_in_exec)
-            CLIENT.task("cell", error, round((perf_counter() - start) * 1000))
+            error = INTERRUPTED if result is None else (result.error_before_exec or result.error_in_exec)
+            CLIENT.cell(info, error, start, end)
         except Exception:
             pass  # a hook that raises prints a traceback on every cell
 
@@ -215,7 +212,9 @@ def status_text(status: Mapping[str, Any]) -> str:
         + (f" (fallbacks: {', '.join(status['fallback_endpoints'])})" if status["fallback_endpoints"] else ""),
         f"Device id:    {status['device_id']}",
         f"track_cells:  {status['track_cells']}",
-        "Events:       queued {queued}, sent {sent}, failed {failed}, dropped {dropped}".format(**status),
+        "Events:       queued {queued}, sent {sent}, failed {failed}, dropped {dropped}, in flight {in_flight}".format(
+            **status
+        ),
     ]
     if status["debug"]:
         lines.append(f"Debug:        on: events are printed to stderr, not sent ({status['printed']} printed)")

@@ -75,6 +75,13 @@ class Server:
         with self.lock:
             self.bodies.append(body)
 
+    def take_request(self, conn: socket.socket) -> bool:
+        """Read one request and record its body; False when the client closed first."""
+        body = read_request(conn)
+        if body is not None:
+            self.received(body)
+        return body is not None
+
     def close(self) -> None:
         self.stop.set()
         try:
@@ -106,10 +113,8 @@ def delaying(delay: float) -> Callable[[Server, socket.socket], None]:
 
 def dripping(server: Server, conn: socket.socket) -> None:
     """Reads the request, then sends a valid answer one byte every 0.2 s, never finishing."""
-    body = read_request(conn)
-    if body is None:
+    if not server.take_request(conn):
         return
-    server.received(body)
     head = b"HTTP/1.1 201 Created\r\nContent-Length: 100000\r\nX-Pad: " + b"x" * 100000
     for byte in head:
         if server.stop.wait(0.2):
@@ -119,10 +124,8 @@ def dripping(server: Server, conn: socket.socket) -> None:
 
 def endless(server: Server, conn: socket.socket) -> None:
     """Answers 200 with a body that never ends, as fast as the client takes it."""
-    body = read_request(conn)
-    if body is None:
+    if not server.take_request(conn):
         return
-    server.received(body)
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")
     chunk = b"x" * 65536
     while not server.stop.is_set():
@@ -132,20 +135,16 @@ def endless(server: Server, conn: socket.socket) -> None:
 
 def headers_then_stall(server: Server, conn: socket.socket) -> None:
     """Reads the request, sends the status line and headers, then never sends the body."""
-    body = read_request(conn)
-    if body is None:
+    if not server.take_request(conn):
         return
-    server.received(body)
     conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\n")
     server.stop.wait(30)
 
 
 def reset_after_request(server: Server, conn: socket.socket) -> None:
     """Reads the request (the server has the event), then resets the connection."""
-    body = read_request(conn)
-    if body is None:
+    if not server.take_request(conn):
         return
-    server.received(body)
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 

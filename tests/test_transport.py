@@ -54,7 +54,7 @@ def test_http_error_never_fails_over(ip, receiver, second_receiver):
 
 
 def test_429_pauses_sending_for_retry_after(ip, receiver, capsys):
-    load(ip, endpoint=receiver.url, track_cells=True)
+    load(ip, endpoint=receiver.url, track_cells=True, max_connections=1)  # else the others may be in flight
     receiver.wait()
     receiver.respond(429, {"Retry-After": "120"})
     receiver.server.clear_log()
