@@ -7,7 +7,7 @@ cell with ``track_cells``) send task events. Outside IPython use `startup`,
 ``%clacky_telemetry off``.
 """
 
-from .client import __version__, flush, startup, task, track
+from .client import __version__, flush, recent, startup, task, track
 from .config import ClackyTelemetry
 
 
@@ -30,6 +30,7 @@ __all__ = [
     "__version__",
     "flush",
     "load_ipython_extension",
+    "recent",
     "startup",
     "task",
     "track",

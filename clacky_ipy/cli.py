@@ -1,4 +1,4 @@
-"""``clacky-ipy`` / ``python -m clacky_ipy``: collect, report, demo."""
+"""``clacky-ipy`` / ``python -m clacky_ipy``: telemetry, collect, report, demo."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ from collections.abc import Sequence
 
 def _collect(args: argparse.Namespace) -> int:
     from .collector import Collector
+    from .store import StoreError
 
     try:
         collector = Collector(args.db, host=args.host, port=args.port, verbose=args.verbose)
+    except StoreError as exc:
+        print(f"clacky-ipy collect: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"clacky-ipy collect: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -54,7 +58,33 @@ def _report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main
 
-    return main(args.notebook)
+    return main(args.notebook, keep=args.keep)
+
+
+def _telemetry(args: argparse.Namespace) -> int:
+    """The same saved switch as ``%clacky_telemetry on|off``, from a shell; `status` without a session."""
+    from .client import Client
+    from .config import ClackyTelemetry, saved_choice_path
+    from .status import status_text
+
+    client = Client()  # this process's own: it sends nothing (no startup, no worker)
+    client.attach(ClackyTelemetry())
+    if args.action in ("on", "off"):
+        error = client.set_user_off(args.action == "off")
+        if error:
+            print(f"clacky-ipy telemetry: {error}", file=sys.stderr)
+            return 1
+        path = saved_choice_path()
+        if args.action == "off":
+            print(f"Telemetry is off: saved in {path}; every later IPython, Jupyter or Python session honours it.")
+        else:
+            reason = client.off_reason()
+            print(f"Saved choice: on ({path} removed).")
+            print(f"Telemetry stays off: {reason}." if reason else "Telemetry is on.")
+        return 0
+    print(status_text(client.switches()))
+    print("A session's configuration (c.ClackyTelemetry.enabled = False, %config) can also turn it off there.")
+    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -65,8 +95,19 @@ def _positive_int(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .client import __version__
+
     p = argparse.ArgumentParser(prog="clacky-ipy", description="OpenClacky telemetry for IPython: tools.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"clacky-ipy {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("telemetry", help="show telemetry's state, or turn it on or off for later sessions")
+    t.add_argument(
+        "action", nargs="?", choices=("status", "on", "off"), default="status",
+        help="status (default): on or off and why, the saved choice's file, endpoint, device id; "
+        "on/off: the saved choice, the same as %%clacky_telemetry on/off",
+    )  # fmt: skip
+    t.set_defaults(func=_telemetry)
 
     c = sub.add_parser("collect", help="run the reference collector (SQLite)")
     c.add_argument("--db", default="clacky-events.db", help="SQLite file (default: clacky-events.db)")
@@ -84,13 +125,20 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_report)
 
     d = sub.add_parser("demo", help="collector + quickstart notebook in a real kernel + report, offline")
-    d.add_argument("--notebook", help="run this notebook instead of the bundled quickstart")
+    d.add_argument(
+        "--notebook", help="a notebook's path, or a bundled one's name (quickstart, configuration); default: quickstart"
+    )
+    d.add_argument("--keep", metavar="PATH", help="keep the collector's SQLite database in PATH (a new file)")
     d.set_defaults(func=_demo)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command is None:  # `clacky-ipy` alone: what it can do
+        p.print_help()
+        return 0
     return args.func(args)
 
 

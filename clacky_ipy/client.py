@@ -6,6 +6,11 @@ built from the environment is used, so the Python API works in plain scripts.
 a queue put of a small tuple. Everything else about the event (status, error class,
 rounding, the agent's metrics, the extension-cell check) and the payload are worked
 out on the worker thread, so a cell never pays for them.
+
+Nothing leaves before the first-run notice was displayed: while it is pending, events
+wait here, in memory and bounded, and go to the transport only once the notice was
+printed where a person sees it. A process that ends first sends nothing. Every event's
+outcome is kept (the last LOG_SIZE, in memory only) for ``%clacky_telemetry log``.
 """
 
 from __future__ import annotations
@@ -15,12 +20,20 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from . import payload
-from .config import ClackyTelemetry, env_off_reason, persist_off, persisted_off
+from . import notice, payload
+from .config import (
+    ClackyTelemetry,
+    env_off_reason,
+    persist_off,
+    persisted_off,
+    policy_off_reason,
+    saved_choice_path,
+)
 from .identity import (
     clacky_home,
     detect_ci,
@@ -28,10 +41,15 @@ from .identity import (
     device_and_brand,
     launch_source,
 )
+from .status import device_id_source
 from .transport import SKIP, Plan, Transport
 
 __version__ = "0.1.0"
 USER_AGENT = f"clacky-ipy/{__version__}"
+
+#: How many outcomes ``%clacky_telemetry log`` / `recent()` keep, in memory only.
+LOG_SIZE = 100
+WAITING = "waiting for the notice"
 
 #: The error of an interrupted async cell, for which ipykernel passes no result.
 INTERRUPTED = KeyboardInterrupt()
@@ -48,7 +66,18 @@ class Client:
     def __init__(self) -> None:
         self._config: ClackyTelemetry | None = None
         self.frontend: str | None = None
-        self.transport = Transport(self._plan, lambda: self.config.shutdown_timeout, warm_up=self.context)
+        self.transport = Transport(
+            self._plan, lambda: self.config.shutdown_timeout, warm_up=self.context, on_outcome=self._record
+        )
+        #: (time, event, path, body or None, outcome) of the last events, oldest first
+        self.log: deque[tuple[float, str, str, bytes | None, str]] = deque(maxlen=LOG_SIZE)
+        self._held: list[tuple[float, str, dict[str, Any]]] = []  # (time, event, fields) waiting for the notice
+        self._held_lock = threading.Lock()
+        self.notice_pending = True  # nothing is sent while True; read from the marker at attach()
+        self._notice_displayed = False  # in this process
+        #: How the notice reaches a person; None: stderr at the first event (the Python API outside IPython)
+        self.notice_display: Callable[[], None] | None = None
+        self._policy_off: str | None = None
         self.startup_sent = False
         self.startup_pending = False  # wanted while telemetry was off: goes out once it is on
         self.printed = 0  # events written to stderr in debug mode
@@ -73,6 +102,11 @@ class Client:
         self._user_off = False
         self._config_off = None
         self._debug = False
+        self.log.clear()
+        self._held = []
+        self.notice_pending, self._notice_displayed = True, False
+        self.notice_display = None
+        self._policy_off = None
 
     # -- configuration -----------------------------------------------------------
     @property
@@ -91,6 +125,8 @@ class Client:
         self._config = config
         self.frontend = frontend
         self._user_off = persisted_off()
+        self._policy_off = policy_off_reason()
+        self.notice_pending = not (self._notice_displayed or notice.seen())
         config.observe(self._config_changed)
         self._config_changed(None)
 
@@ -114,6 +150,7 @@ class Client:
         now_off = self.off_reason()
         if now_off and not was_off:
             self.transport.discard()
+            self._release(send=False)
         elif not now_off and self.startup_pending:
             self.startup()
         self._notify()
@@ -139,7 +176,11 @@ class Client:
         Unlike the environment, these are seen when they change, so this is only
         attribute reads: the cell hooks can afford it on every cell.
         """
-        return self._config_off or ("turned off with %clacky_telemetry off" if self._user_off else None)
+        return (
+            self._policy_off
+            or self._config_off
+            or ("the saved choice (%clacky_telemetry off / clacky-ipy telemetry off)" if self._user_off else None)
+        )
 
     def off_reason(self) -> str | None:
         """Why telemetry is off right now, or None when it is on."""
@@ -166,15 +207,72 @@ class Client:
         `data` is the event's fields, or for a task the tuple `task_fields` turns into
         them on the worker. The opt-out is checked here, when the event happens (an
         opt-out covers what happened while it was set), and again by the worker just
-        before sending.
+        before sending. The first event without the extension attaches the default
+        configuration (environment, persisted opt-out, debug), so that even it is
+        printed instead of sent in debug.
         """
+        if self._config is None:
+            self.config  # noqa: B018 - attaches the default configuration
         if self.off_reason():
             return False
         if self.startup_pending and event != "startup":
             self.startup()
         if self._debug:
             return self._print(event, data)
+        if self.notice_pending:
+            return self._hold(event, data)
         return self.transport.submit(event, data, made_at)
+
+    # -- the notice: nothing leaves before it was displayed ------------------------
+    def _hold(self, event: str, fields: dict[str, Any]) -> bool:
+        """Keep the event until the notice was displayed (bounded like the queue)."""
+        limit = self.config.max_queue_size  # also attaches a configuration, which reads the marker
+        if self.notice_pending and self.notice_display is None:
+            self.notice_displayed(print_to_stderr=True)  # no extension to show it in a cell: stderr, now
+        with self._held_lock:
+            if self.notice_pending:
+                if len(self._held) >= limit:
+                    self.transport._count_dropped()
+                    self._record(event, payload.PATHS[event], None, "dropped: queue full")
+                    return False
+                self._held.append((time.time(), event, fields))
+                return True
+        return self.transport.submit(event, fields)  # displayed meanwhile, by another thread
+
+    def notice_displayed(self, print_to_stderr: bool = False) -> None:
+        """The notice is now where a person sees it: remember that, and send what waited for it."""
+        with self._held_lock:
+            if self._notice_displayed:
+                return
+            if print_to_stderr:
+                try:
+                    print(notice.NOTICE, file=sys.stderr, flush=True)
+                except Exception:
+                    return  # not displayed: stays pending
+            self.notice_pending = False
+            self._notice_displayed = True
+        notice.mark_seen()
+        was_off = self.off_reason()
+        # a choice made while the notice waited, perhaps in another shell, counts
+        self._user_off = self._user_off or persisted_off()
+        self._policy_off = self._policy_off or policy_off_reason()
+        if self.off_reason():
+            self._release(send=False)
+            if not was_off:
+                self._notify()
+        else:
+            self._release(send=True)
+
+    def _release(self, send: bool) -> None:
+        """Hand the held events to the transport, or discard them (telemetry was turned off)."""
+        with self._held_lock:
+            held, self._held = self._held, []
+        for _, event, fields in held:
+            if send:
+                self.transport.submit(event, fields)
+            else:
+                self.transport._count_dropped()
+                self._record(event, payload.PATHS[event], None, "dropped: opted out")
 
     def startup(self) -> bool:
         """Send the process's one startup event; later calls do nothing."""
@@ -264,8 +362,13 @@ class Client:
         return payload.clean(event, {**self.context(), "frontend": self.frontend, **fields})
 
     def _plan(self, event: str, data: Any) -> Plan | None:
-        """Called by the worker just before sending: the opt-out is checked again here."""
+        """Called by the worker just before sending: the opt-out is checked again here,
+        and the policy files too (a stat each: the worker can afford it, the cell cannot)."""
         if self.off_reason():
+            return None
+        policy = policy_off_reason()
+        if policy:
+            self._policy_off = policy
             return None
         fields = self.task_fields(data)
         if fields is None:
@@ -280,23 +383,72 @@ class Client:
             fields = self.task_fields(data)
             if fields is None:
                 return False
-            line = json.dumps({"event": event, "payload": self.build(event, fields)}, sort_keys=True)
+            built = self.build(event, fields)
+            line = json.dumps({"event": event, "payload": built}, sort_keys=True)
             print(line, file=sys.stderr, flush=True)
             self.printed += 1
+            body = json.dumps(built, separators=(",", ":"), allow_nan=False).encode()
+            self._record(event, payload.PATHS[event], body, "printed (debug)")
             return True
         except Exception:
             return False
+
+    # -- what was sent ---------------------------------------------------------------
+    def _record(self, event: str, path: str, body: bytes | None, outcome: str) -> None:
+        """The transport's on_outcome: one entry per event (deque.append is thread-safe)."""
+        self.log.append((time.time(), event, path, body, outcome))
+
+    def recent(self, n: int = 20) -> list[dict[str, Any]]:
+        """The last `n` events of this process, oldest first, with the exact body and outcome.
+
+        Events still waiting for the notice come last, with the body they would be sent with.
+        """
+        entries = list(self.log)
+        with self._held_lock:
+            held = list(self._held)
+        for when, event, data in held:
+            fields = self.task_fields(data)
+            if fields is None:
+                continue  # the extension's own cell: never an event
+            body = json.dumps(self.build(event, fields), separators=(",", ":"), allow_nan=False).encode()
+            entries.append((when, event, payload.PATHS[event], body, WAITING))
+        n = max(0, min(n, LOG_SIZE))
+        return [
+            {
+                "time": when,
+                "event": event,
+                "path": path,
+                "payload": None if body is None else body.decode("utf-8"),
+                "outcome": outcome,
+            }
+            for when, event, path, body, outcome in (entries[-n:] if n else [])
+        ]
+
+    def switches(self) -> dict[str, Any]:
+        """On or off and which switch decided, where the saved choice lives, the endpoint
+        (credentials masked) and the device id with how it was derived: what
+        ``clacky-ipy telemetry status`` shows, without a running session."""
+        config = self.config
+        home = clacky_home()
+        return {
+            "on": self.off_reason() is None,
+            "off_reason": self.off_reason(),
+            "saved_choice": str(saved_choice_path(home)),
+            "saved_off": self._user_off,
+            "endpoint": config.endpoint,
+            "fallback_endpoints": list(config.fallback_endpoints),
+            "device_id": self.context()["device_id"],
+            "device_id_source": device_id_source(home),
+            "notice_pending": self.notice_pending,
+            "waiting": len(self._held),
+        }
 
     def status(self) -> dict[str, Any]:
         """Everything ``%clacky_telemetry status`` shows."""
         config = self.config
         paused = max(0.0, self.transport.paused_until - time.monotonic())
         return {
-            "on": self.off_reason() is None,
-            "off_reason": self.off_reason(),
-            "endpoint": config.endpoint,
-            "fallback_endpoints": list(config.fallback_endpoints),
-            "device_id": self.context()["device_id"],
+            **self.switches(),
             "track_cells": config.track_cells,
             "debug": self._debug,
             **self.transport.counters(),  # queued, in_flight, sent, failed, dropped
@@ -358,6 +510,21 @@ def track(model: str | None = None, provider: str | None = None) -> Iterator[Tra
             CLIENT.task("api", error, duration, tracker.result, {"model": model, "provider": provider})
         except Exception:
             pass
+
+
+def recent(n: int = 20) -> list[dict[str, Any]]:
+    """The last `n` (at most 100) telemetry events of this process, oldest first.
+
+    Each is a dict: ``time`` (Unix seconds), ``event`` (``startup``/``task``), ``path``,
+    ``payload`` (the exact JSON text sent, or None when it was never built) and
+    ``outcome`` (``sent 201``, ``failed HTTP 500``, ``failed ConnectionError``,
+    ``dropped: queue full``, ``dropped: opted out``, ``waiting for the notice``,
+    ``printed (debug)`` ...). Kept in memory only, never written to disk.
+    """
+    try:
+        return CLIENT.recent(n)
+    except Exception:
+        return []
 
 
 def flush(timeout: float | None = None) -> bool:

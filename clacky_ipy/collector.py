@@ -9,83 +9,18 @@ clock), never stores the peer's address, and drops keys outside the vocabulary
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from . import payload
+from .store import INDEXES, Store, StoreError, open_store, utc_now
+
+__all__ = ["INDEXES", "MAX_BODY", "Collector", "Handler", "Store", "StoreError", "utc_now"]
 
 MAX_BODY = 16 * 1024
-_SQL_TYPES = {payload.STR: "TEXT", payload.NUM: "NUMERIC", payload.BOOL: "INTEGER"}
 _ROUTES = {path: event for event, path in payload.PATHS.items()}
-
-#: What the report reads, so that each of its queries walks a narrow index in order instead
-#: of sorting or visiting the table (26 s -> under 2 s at a million events; see BENCHMARKS.md).
-#: Each index costs every insert a little: there is one per report query, and no more.
-INDEXES = {
-    "events_day_device": "(substr(received_at, 1, 10), kind, device_id)",
-    "events_task_duration": "(status, duration_ms) WHERE kind = 'task'",
-    "events_task_model": "(model) WHERE kind = 'task'",
-    "events_task_provider": "(provider) WHERE kind = 'task'",
-    "events_task_trigger": "(trigger) WHERE kind = 'task'",
-    "events_startup_source": "(launch_source) WHERE kind = 'startup'",
-    "events_split": "(frontend, ci, kind)",
-}
-
-
-def utc_now() -> str:
-    """ISO 8601 in UTC with microseconds: sorts as text, and its first 10 characters are the day."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class Store:
-    """One SQLite file in WAL mode; one connection shared under a lock (commits are short)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across crashes of this process
-        self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the indexes' pages stay in memory
-        columns = ", ".join(f"{key} {_SQL_TYPES[kind]}" for key, kind in payload.COLUMNS.items())
-        with self._db:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, received_at TEXT NOT NULL, "
-                f"kind TEXT NOT NULL, {columns})"
-            )
-            for name in ("events_kind_time", "events_time"):  # earlier layouts: they led the planner astray
-                self._db.execute(f"DROP INDEX IF EXISTS {name}")
-            for name, definition in INDEXES.items():
-                self._db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON events {definition}")
-        self._insert = {
-            event: f"INSERT INTO events (received_at, kind, {', '.join(keys)}) VALUES (?, ?{', ?' * len(keys)})"
-            for event, keys in payload.KEYS.items()
-        }
-
-    def add(self, event: str, fields: dict[str, Any], received_at: str | None = None) -> None:
-        """Store one cleaned event and commit before returning."""
-        row = [received_at or utc_now(), event, *(fields.get(key) for key in payload.KEYS[event])]
-        with self._lock, self._db:
-            self._db.execute(self._insert[event], row)
-
-    def count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Every stored event, oldest first, without empty columns."""
-        with self._lock:
-            cursor = self._db.execute("SELECT * FROM events ORDER BY id")
-            names = [d[0] for d in cursor.description]
-            return [{k: v for k, v in zip(names, row) if v is not None} for row in cursor]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -117,7 +52,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._answer(400, "body is not a JSON object")
         try:
             self.store.add(event, payload.clean(event, body))
-        except sqlite3.Error:
+        except StoreError:
             return self._answer(503, "could not store the event")
         self._answer(201, "stored")
 
@@ -153,7 +88,7 @@ class Collector:
     """The server and its store; a context manager that serves on a background thread."""
 
     def __init__(self, db: str | Path, host: str = "127.0.0.1", port: int = 8765, verbose: bool = False) -> None:
-        self.store = Store(db)
+        self.store = open_store(db)
         handler = type("BoundHandler", (Handler,), {"store": self.store, "verbose": verbose})
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True  # acknowledged rows are committed already

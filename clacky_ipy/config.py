@@ -7,7 +7,9 @@ prints one line, keeps the previous value and never breaks a later construction.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,14 +32,33 @@ DO_NOT_TRACK_WORDS = ("1", "true", "yes")
 OFF_FILE = "ipy-telemetry-off"
 NOTICE_FILE = "ipy-telemetry-notice-shown"
 
+#: A file of this name in a policy directory turns telemetry off for everyone there.
+POLICY_FILE = "telemetry-off"
+#: Extra policy directories (os.pathsep-separated), searched after the two standard ones.
+POLICY_DIRS_ENV = "CLACKY_POLICY_DIRS"
+
+
+#: Upper bounds, in seconds, of `timeout` (one request) and `shutdown_timeout` (exit's flush).
+#: Past them a "timeout" is a hang; infinity made ``%clacky_telemetry flush`` raise.
+MAX_TIMEOUT = 60.0
+MAX_SHUTDOWN_TIMEOUT = 30.0
+
+#: The user-info part of a URL (``user:password@``), wherever it appears in a text.
+_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]+@")
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with every URL's ``user:password@`` replaced by ``***@``: for anything printed."""
+    return _USERINFO.sub("***@", text)
+
 
 def url_problem(url: Any) -> str | None:
-    """Why `url` is not an http(s) base URL, or None when it is one."""
+    """Why `url` is not an http(s) base URL, or None when it is one (credentials masked)."""
     if not isinstance(url, str):
-        return f"{url!r} is not a string"
+        return mask_credentials(f"{url!r} is not a string")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        return f"{url!r} is not an http(s) URL"
+        return mask_credentials(f"{url!r} is not an http(s) URL")
     return None
 
 
@@ -67,18 +88,52 @@ def env_off_reason(env: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
+def policy_dirs() -> list[Path]:
+    """Where an administrator can turn telemetry off for a machine or an environment.
+
+    ``/etc/clacky`` (the machine), ``{sys.prefix}/etc/clacky`` (a virtualenv, a conda
+    environment, a container image, a JupyterHub's kernel environment: it reaches every
+    kernel started from it, which an environment variable does not), then the
+    directories named by ``$CLACKY_POLICY_DIRS``.
+    """
+    extra = (getenv(POLICY_DIRS_ENV) or "").split(os.pathsep)
+    return [Path("/etc/clacky"), Path(sys.prefix) / "etc" / "clacky", *(Path(d) for d in extra if d.strip())]
+
+
+def policy_off_reason() -> str | None:
+    """The policy file that turns telemetry off, which nothing can override; None when there is none."""
+    for directory in policy_dirs():
+        path = directory / POLICY_FILE
+        try:
+            if path.exists():
+                return f"policy file {path}"
+        except OSError:
+            continue
+    return None
+
+
+def machine_off_reason() -> str | None:
+    """The switches no user setting can override: the environment, then a policy file."""
+    return env_off_reason() or policy_off_reason()
+
+
+def saved_choice_path(home: Path | None = None) -> Path:
+    """Where ``%clacky_telemetry off`` / ``clacky-ipy telemetry off`` saves the choice."""
+    return (home or clacky_home()) / OFF_FILE
+
+
 def env_flag(name: str, env: Mapping[str, str] = os.environ) -> bool:
     return env.get(name, "").strip().lower() in ("1", "true")
 
 
 def persisted_off(home: Path | None = None) -> bool:
     """True once ``%clacky_telemetry off`` was run for this Clacky home."""
-    return ((home or clacky_home()) / OFF_FILE).exists()
+    return saved_choice_path(home).exists()
 
 
 def persist_off(off: bool, home: Path | None = None) -> None:
     """Save or clear the user's ``%clacky_telemetry off`` (raises OSError if it cannot)."""
-    path = (home or clacky_home()) / OFF_FILE
+    path = saved_choice_path(home)
     if off:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("telemetry turned off by %clacky_telemetry off\n", encoding="utf-8")
@@ -87,16 +142,18 @@ def persist_off(off: bool, home: Path | None = None) -> None:
 
 
 def _refusal(message: str) -> None:
-    """One line on stderr: what was refused and what stays."""
-    print(f"clacky_ipy: {message}", file=sys.stderr)
+    """One line on stderr: what was refused and what stays (never an endpoint's password)."""
+    print(mask_credentials(f"clacky_ipy: {message}"), file=sys.stderr)
 
 
 class ClackyTelemetry(Configurable):
-    """Anonymous usage telemetry for OpenClacky agents in IPython and Jupyter."""
+    """Pseudonymous usage telemetry for OpenClacky agents in IPython and Jupyter."""
 
-    enabled = Bool(True, help="Send telemetry. The environment (CLACKY_TELEMETRY=0, DO_NOT_TRACK=1) always wins.").tag(
-        config=True
-    )
+    enabled = Bool(
+        True,
+        help="Send telemetry. The environment (CLACKY_TELEMETRY=0, DO_NOT_TRACK=1) and a "
+        "policy file (telemetry-off in /etc/clacky or {sys.prefix}/etc/clacky) always win.",
+    ).tag(config=True)
     endpoint = Unicode(
         help="Base URL of the telemetry server (default: $CLACKY_LICENSE_SERVER, else "
         f"{DEFAULT_ENDPOINT}). Events go to {{endpoint}}/api/v1/telemetry/startup and /task."
@@ -109,10 +166,14 @@ class ClackyTelemetry(Configurable):
     track_cells = Bool(False, help="Send a task event (trigger 'cell') for every executed top-level cell.").tag(
         config=True
     )
-    timeout = Float(3.0, help="Seconds, used as both connect and read timeout of one request.").tag(config=True)
-    shutdown_timeout = Float(1.0, help="The most seconds interpreter exit may wait to deliver queued events.").tag(
-        config=True
-    )
+    timeout = Float(
+        3.0, help=f"Seconds, used as both connect and read timeout of one request (0 < timeout <= {MAX_TIMEOUT:g})."
+    ).tag(config=True)
+    shutdown_timeout = Float(
+        1.0,
+        help="The most seconds interpreter exit may wait to deliver queued events "
+        f"(0 < shutdown_timeout <= {MAX_SHUTDOWN_TIMEOUT:g}).",
+    ).tag(config=True)
     max_queue_size = Int(1000, help="Bound of the in-memory queue; when full, new events are dropped and counted.").tag(
         config=True
     )
@@ -173,8 +234,10 @@ class ClackyTelemetry(Configurable):
 
     @validate("timeout", "shutdown_timeout")
     def _check_seconds(self, proposal: Any) -> float:
-        if not proposal.value > 0:  # also refuses NaN
-            raise TraitError(f"{proposal.trait.name} must be a positive number of seconds")
+        name = proposal.trait.name
+        most = MAX_TIMEOUT if name == "timeout" else MAX_SHUTDOWN_TIMEOUT
+        if not (math.isfinite(proposal.value) and 0 < proposal.value <= most):  # also refuses NaN
+            raise TraitError(f"{name} must be a positive number of seconds, at most {most:g}")
         return proposal.value
 
     @validate("max_queue_size", "max_connections")

@@ -28,15 +28,49 @@ def notebooks_dir() -> Path:
     return inside if inside.is_dir() else Path(__file__).resolve().parents[1] / "notebooks"
 
 
+#: Hosts the kernel reaches directly even when HTTP(S)_PROXY is set: the collector is on loopback.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def kernel_env(endpoint: str, home: Path) -> dict[str, str]:
-    """The kernel's environment: this one, pointed at `endpoint`, with its own Clacky home."""
+    """The kernel's environment: this one, pointed at `endpoint`, with its own Clacky home.
+
+    Loopback bypasses any proxy (``NO_PROXY``): a proxy in the user's shell would
+    otherwise receive, and drop, every event meant for the local collector.
+    """
     env = {k: v for k, v in os.environ.items() if k not in LOCAL_ONLY_DROPPED}
     env.update(CLACKY_LICENSE_SERVER=endpoint, CLACKY_HOME=str(home), PYDEVD_DISABLE_FILE_VALIDATION="1")
+    for name in ("NO_PROXY", "no_proxy"):
+        env[name] = ",".join(part for part in (env.get(name, ""), *LOOPBACK) if part)
     return env
 
 
+def bundled_notebooks() -> list[str]:
+    return sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
+
+
+def find_notebook(name: str | None) -> Path | None:
+    """A path, or the name of a bundled notebook (``configuration`` or ``configuration.ipynb``)."""
+    if not name:
+        return notebooks_dir() / "quickstart.ipynb"
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.name == name:  # a bare name: look among the bundled ones
+        for candidate in (name, f"{name}.ipynb"):
+            bundled = notebooks_dir() / candidate
+            if bundled.suffix == ".ipynb" and bundled.is_file():
+                return bundled
+    return None
+
+
 def execute_notebook(
-    path: Path, env: dict[str, str], workdir: Path, progress: Callable[[str], None] | None = None, timeout: int = 180
+    path: Path,
+    env: dict[str, str],
+    workdir: Path,
+    progress: Callable[[str], None] | None = None,
+    timeout: int = 180,
+    before_cell: Callable[[int], None] | None = None,
 ) -> Any:
     """Run every cell of `path` in a fresh kernel of this interpreter; returns the executed notebook."""
     import nbformat
@@ -60,6 +94,8 @@ def execute_notebook(
     say = progress or (lambda _msg: None)
 
     def on_start(cell: Any, cell_index: int) -> None:
+        if before_cell is not None:
+            before_cell(cell_index)
         if cell.cell_type == "code":
             first = (cell.source.strip().splitlines() or [""])[0][:60]
             say(f"  [{code_cells.index(cell_index) + 1}/{len(code_cells)}] {first}")
@@ -81,7 +117,53 @@ def execute_notebook(
     return nb
 
 
-def main(notebook: str | None = None) -> int:
+def _text(cell: Any) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def _indented(text: str) -> str:
+    return "\n".join("  | " + line for line in text.rstrip("\n").splitlines())
+
+
+def _opted_out_at(nb: Any) -> int | None:
+    """The index of the cell that turns telemetry off, if the notebook has one."""
+    for index, cell in enumerate(nb.cells):
+        source = cell.source if cell.cell_type == "code" else ""
+        if "ClackyTelemetry.enabled = False" in source or "%clacky_telemetry off" in source:
+            return index
+    return None
+
+
+def show_what_happened(nb: Any, received_before: dict[int, int], received: int) -> None:
+    """What a newcomer wants to see: the notice, the status, a payload as received, the opt-out."""
+    notice = next((_text(c) for c in nb.cells if "clacky_ipy: usage telemetry" in _text(c)), "")
+    if notice:
+        print("The notice, as the kernel printed it in the loading cell (nothing was sent before it):")
+        print(_indented(notice) + "\n")
+    status = next((_text(c) for c in nb.cells if c.source.strip() == "%clacky_telemetry status"), "")
+    if status:
+        print("%clacky_telemetry status, as the notebook showed it:")
+        print(_indented(status) + "\n")
+    log = next((_text(c) for c in nb.cells if c.source.strip().startswith("%clacky_telemetry log")), "")
+    lines = log.splitlines()
+    sent = [(head, body) for head, body in zip(lines, lines[1:]) if head.rstrip().endswith("sent 201")]
+    if sent:  # the last one: %clacky_telemetry log shows the bytes the collector answered 201 to
+        head, body = sent[-1]
+        path = head.split("POST ", 1)[-1].rsplit("  ", 1)[0]
+        print(f"One payload exactly as the collector received it (POST {path}, answered 201):")
+        print(f"  {body.strip()}\n")
+    off = _opted_out_at(nb)
+    if off is not None and off in received_before:
+        after = [c for c in nb.cells[off + 1 :] if c.cell_type == "code"]
+        late = received - received_before[off]
+        what = nb.cells[off].source.strip().splitlines()[0]
+        if late == 0:
+            print(f"The last {len(after)} cells sent nothing: they ran after `{what}` opted out.\n")
+        else:
+            print(f"{late} events arrived after `{what}` opted out: that is a bug, please report it.\n")
+
+
+def main(notebook: str | None = None, keep: str | None = None) -> int:
     """``clacky-ipy demo``: returns the process exit code."""
     try:
         import ipykernel  # noqa: F401
@@ -89,23 +171,37 @@ def main(notebook: str | None = None) -> int:
     except ImportError:
         print("The demo needs the demo extra: pip install 'clacky-ipy[demo]'", file=sys.stderr)
         return 2
-    path = Path(notebook) if notebook else notebooks_dir() / "quickstart.ipynb"
-    if not path.exists():
-        print(f"No notebook at {path}", file=sys.stderr)
+    path = find_notebook(notebook)
+    if path is None:
+        names = ", ".join(bundled_notebooks())
+        print(f"clacky-ipy demo: no notebook {notebook!r}: give a path or a bundled one ({names})", file=sys.stderr)
+        return 2
+    kept = Path(keep).expanduser() if keep else None
+    if kept is not None and (kept.exists() or not kept.parent.is_dir()):
+        problem = "already exists" if kept.exists() else "is in a folder that does not exist"
+        print(f"clacky-ipy demo: --keep {kept}: {problem}; give a new file's path", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="clacky-demo-") as tmp:
         work = Path(tmp)
-        db = work / "events.db"
+        db = kept or work / "events.db"
         with Collector(db, port=0) as collector:
-            print(f"Collector listening on {collector.url} (SQLite: {db.name} in a temporary directory)")
+            where = f"SQLite: {db}" if kept else f"SQLite: {db.name} in a temporary directory"
+            print(f"Collector listening on {collector.url} ({where})")
             dropped = [name for name in LOCAL_ONLY_DROPPED[:2] if name in os.environ]
             if dropped:
                 names = ", ".join(dropped)
                 print(f"Note: {names} is set here; the demo's kernel sends only to this local collector, without it.")
             start = time.monotonic()
-            execute_notebook(path, kernel_env(collector.url, work / "home"), work, progress=print)
+            received_before: dict[int, int] = {}
+
+            def count(index: int) -> None:
+                received_before[index] = len(collector.store.rows())
+
+            env = kernel_env(collector.url, work / "home")
+            nb = execute_notebook(path, env, work, progress=print, before_cell=count)
             print(f"Notebook done in {time.monotonic() - start:.1f} s.\n")
             rows = collector.store.rows()
+        show_what_happened(nb, received_before, len(rows))
         print(f"Events received ({len(rows)}):")
         print(f"  {'kind':<8} {'trigger':<7} {'status':<11} {'model':<18} {'duration_ms':>11}")
         for row in rows:
@@ -116,4 +212,6 @@ def main(notebook: str | None = None) -> int:
             )
         print()
         print(report.render(report.build(db)))
+        if kept:
+            print(f"The database is kept in {kept}: clacky-ipy report --db {kept}")
     return 0

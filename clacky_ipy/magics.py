@@ -20,16 +20,16 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
-from .client import CLIENT, INTERRUPTED
-from .config import DOCS_URL, NOTICE_FILE, ClackyTelemetry
-from .identity import clacky_home, detect_frontend
+from .client import CLIENT, INTERRUPTED, LOG_SIZE
+from .config import ClackyTelemetry, saved_choice_path
+from .identity import detect_frontend
+from .notice import NOTICE
+from .status import status_text
 
-NOTICE = f"""\
-clacky_ipy: anonymous usage telemetry for OpenClacky is on. It sends a hashed device id,
-versions and, per agent run, the duration, status, error class name and the agent's
-model, token and cost figures: never your code, outputs, error messages, paths or names.
-Details: {DOCS_URL}
-Opt out: %clacky_telemetry off, or CLACKY_TELEMETRY=0 (or DO_NOT_TRACK=1) in the environment."""
+#: What ``%clacky_telemetry`` accepts, for the usage line and for completion.
+TELEMETRY_COMMANDS = ("status", "on", "off", "log", "flush")
+#: ``%%clacky`` / ``%clacky`` options, for completion.
+CLACKY_OPTIONS = ("--model", "--provider", "--result")
 
 _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shell -> its ClackyMagics
 
@@ -45,6 +45,7 @@ class ClackyMagics(Magics):
         self._claimed = False  # the running top-level cell was already tracked by %%clacky
         self._notice_pending = False
         self._hooked = self._notice_hooked = False
+        self.matcher: Any = None  # the completion matcher, registered while loaded
 
     # -- hooks (every tracked cell pays for these: keep them short) --------------------
     def pre_run_cell(self, info: Any) -> None:
@@ -76,6 +77,9 @@ class ClackyMagics(Magics):
             self._hook(cells, ("pre_run_cell", self.pre_run_cell), ("post_run_cell", self.post_run_cell))
             self._hooked = cells
         notice = loaded and self._notice_pending and CLIENT.off_reason() is None
+        if notice and self.shell.displayhook.exec_result is not None:
+            self.show_notice()  # turned on from a cell: the notice goes in its output, then the events
+            return
         if notice != self._notice_hooked:
             self._hook(notice, ("pre_run_cell", self._notice_hook))
             self._notice_hooked = notice
@@ -97,13 +101,18 @@ class ClackyMagics(Magics):
             return  # stays pending: shown when telemetry is turned on
         self._notice_pending = False
         print(NOTICE, flush=True)
-        try:
-            home = clacky_home()
-            home.mkdir(parents=True, exist_ok=True)
-            (home / NOTICE_FILE).write_text("shown\n", encoding="utf-8")
-        except OSError:
-            pass  # shown again next session: better than never
+        # The events that waited leave when this cell ends, so that a cell that reads the
+        # notice and opts out (`%load_ext clacky_ipy` then `%clacky_telemetry off`) sends nothing.
+        self.shell.events.register("post_run_cell", self._notice_read)
         self.sync_hooks()  # the notice's own hook is done
+
+    def _notice_read(self, result: Any = None) -> None:
+        """post_run_cell of the cell that showed the notice: once, then let the events go."""
+        try:
+            self._hook(False, ("post_run_cell", self._notice_read))
+            CLIENT.notice_displayed()
+        except Exception:
+            pass
 
     def _notice_hook(self, info: Any) -> None:
         """pre_run_cell while the notice is pending: it lands in the first cell's output."""
@@ -163,14 +172,19 @@ class ClackyMagics(Magics):
 
     @line_magic
     def clacky_telemetry(self, line: str) -> None:
-        """Show or change telemetry: ``%clacky_telemetry [status|on|off|flush]``.
+        """Show or change telemetry: ``%clacky_telemetry [status|on|off|log [N]|flush]``.
 
         ``off`` persists in the Clacky home ($CLACKY_HOME, default ~/.clacky) so
-        later sessions honour it, until ``on``. ``flush`` waits (at most
-        shutdown_timeout) until everything queued was delivered.
+        later sessions honour it, until ``on`` (``clacky-ipy telemetry on|off`` in a
+        shell is the same switch). ``log [N]`` shows the last N (default 20, at
+        most 100) events of this process: path, exact JSON payload and outcome.
+        ``flush`` waits (at most shutdown_timeout) until everything queued was delivered.
         """
-        command = line.strip().lower() or "status"
-        if command == "status":
+        command, _, rest = line.strip().partition(" ")
+        command = command.lower() or "status"
+        if command == "log":
+            print(log_text(_log_count(rest)))
+        elif command == "status":
             print(status_text(CLIENT.status()))
         elif command in ("on", "off"):
             error = CLIENT.set_user_off(command == "off")
@@ -178,7 +192,8 @@ class ClackyMagics(Magics):
             if error:
                 print(f"clacky_ipy: {error}; applies to this session only", file=sys.stderr)
             if command == "off":
-                print("Telemetry is off; nothing more will be sent." + ("" if error else " Saved for later sessions."))
+                saved = "" if error else f" Saved for later sessions in {saved_choice_path()}."
+                print("Telemetry is off; nothing more will be sent." + saved)
             elif reason:
                 print(f"Telemetry stays off: {reason}.")
             else:
@@ -194,7 +209,7 @@ class ClackyMagics(Magics):
                 else f"Not drained within {timeout:g} s; still queued: {CLIENT.transport.queued}."
             )
         else:
-            raise UsageError(f"unknown argument {line.strip()!r}: use %clacky_telemetry [status|on|off|flush]")
+            raise UsageError(f"unknown argument {line.strip()!r}: use %clacky_telemetry [status|on|off|log [N]|flush]")
 
 
 def _unquote(value: str | None) -> str | None:
@@ -203,26 +218,66 @@ def _unquote(value: str | None) -> str | None:
     return value or None
 
 
-def status_text(status: Mapping[str, Any]) -> str:
-    """``%clacky_telemetry status`` as lines a person reads."""
-    state = "on" if status["on"] else f"off ({status['off_reason']})"
-    lines = [
-        f"Telemetry:    {state}",
-        f"Endpoint:     {status['endpoint']}"
-        + (f" (fallbacks: {', '.join(status['fallback_endpoints'])})" if status["fallback_endpoints"] else ""),
-        f"Device id:    {status['device_id']}",
-        f"track_cells:  {status['track_cells']}",
-        "Events:       queued {queued}, sent {sent}, failed {failed}, dropped {dropped}, in flight {in_flight}".format(
-            **status
-        ),
-    ]
-    if status["debug"]:
-        lines.append(f"Debug:        on: events are printed to stderr, not sent ({status['printed']} printed)")
-    if status["paused_seconds"]:
-        lines.append(f"Paused:       {status['paused_seconds']} s more (the server answered 429)")
-    if status["last_error"]:
-        lines.append(f"Last error:   {status['last_error']}")
+def _log_count(text: str) -> int:
+    text = text.strip()
+    if not text:
+        return 20
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"%clacky_telemetry log N: N must be a positive whole number, not {text!r}")
+    return min(int(text), LOG_SIZE)
+
+
+def log_text(n: int) -> str:
+    """``%clacky_telemetry log [N]``: one line per event (time, path, outcome), its payload below."""
+    from datetime import datetime
+
+    entries = CLIENT.recent(n)
+    if not entries:
+        return "No telemetry events in this process yet."
+    lines = [f"Last {len(entries)} telemetry events of this process (kept in memory only, at most {LOG_SIZE}):"]
+    for entry in entries:
+        when = datetime.fromtimestamp(entry["time"]).strftime("%H:%M:%S")
+        lines.append(f"{when}  POST {entry['path']}  {entry['outcome']}")
+        lines.append(f"    {entry['payload'] if entry['payload'] is not None else '(payload never built)'}")
     return "\n".join(lines)
+
+
+def _suggest(text: str, first_line: bool) -> tuple[list[str], bool]:
+    """What to offer after `text` (the line up to the cursor): (words, whether they are all there is)."""
+    head, _, rest = text.lstrip().partition(" ")
+    if not _:
+        return [], False  # still typing the magic's name: IPython completes that
+    words = rest.split(" ")
+    token = words[-1]
+    if head in ("%clacky_telemetry", "clacky_telemetry"):
+        if len(words) == 1:
+            return [c for c in TELEMETRY_COMMANDS if c.startswith(token)], True
+        return [], words[0] == "log"  # `log N`: a number, nothing to offer
+    if (head == "%%clacky" and first_line) or head == "%clacky":
+        expects_value = len(words) > 1 and words[-2] in CLACKY_OPTIONS
+        if expects_value or not (token.startswith("-") or (head == "%%clacky" and not token)):
+            return [], False
+        used = set(words[:-1])
+        return [o for o in CLACKY_OPTIONS if o.startswith(token) and o not in used], True
+    return [], False
+
+
+def _matcher() -> Any:
+    """An IPython completion matcher for ``%clacky_telemetry`` arguments and ``%%clacky`` options."""
+    from IPython.core.completer import SimpleCompletion, context_matcher
+
+    @context_matcher(identifier="clacky_ipy")
+    def clacky_matcher(context: Any) -> dict[str, Any]:
+        try:
+            words, only = _suggest(context.text_until_cursor, context.cursor_line == 0)
+        except Exception:
+            words, only = [], False
+        return {
+            "completions": [SimpleCompletion(w, type="magic argument") for w in words],
+            "suppress": only,
+        }
+
+    return clacky_matcher
 
 
 def load(shell: Any) -> None:
@@ -234,9 +289,14 @@ def load(shell: Any) -> None:
     shell.configurables.append(telemetry)
     shell.register_magics(magics)
     _ACTIVE[shell] = magics
+    completer = getattr(shell, "Completer", None)
+    if completer is not None:
+        magics.matcher = _matcher()
+        completer.custom_matchers.append(magics.matcher)
     CLIENT.attach(telemetry, frontend=detect_frontend(shell))
+    CLIENT.notice_display = magics.show_notice  # the events wait for it, in a cell's output
     CLIENT.startup()
-    magics._notice_pending = not (clacky_home() / NOTICE_FILE).exists()
+    magics._notice_pending = CLIENT.notice_pending
     if magics._notice_pending and shell.displayhook.exec_result is not None:
         magics.show_notice()  # loaded from a cell: tell the user in it
     CLIENT.listen(magics.sync_hooks)
@@ -249,6 +309,11 @@ def unload(shell: Any) -> None:
     if magics is None:
         return
     CLIENT.unlisten(magics.sync_hooks)
+    completer = getattr(shell, "Completer", None)
+    if completer is not None and magics.matcher in completer.custom_matchers:
+        completer.custom_matchers.remove(magics.matcher)
+    if CLIENT.notice_display == magics.show_notice:
+        CLIENT.notice_display = None
     magics.sync_hooks(loaded=False)
     manager = shell.magics_manager
     for kind, names in magics.magics.items():

@@ -9,7 +9,10 @@ function, and its table's columns come from `COLUMNS`: there is no second list.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,20 +119,48 @@ def text(value: str) -> str:
     return value[:MAX_STR]
 
 
+def _numeric(value: Any) -> int | float | None:
+    """`value` as an exact int or float, or None. Never raises, and calls none of an int or
+    float subclass's own methods (it may override them to raise).
+
+    Other numeric types are converted when they say they are numbers: an ``Integral``
+    (numpy's integer scalars) through ``__index__``, a ``Real`` (numpy's floats,
+    ``Fraction``) through ``__float__``. A bool (numpy's too) is not a number here;
+    ``Decimal`` and complex are not converted.
+    """
+    kind = type(value)
+    if kind is int or kind is float:
+        return value
+    try:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return int.__int__(value)
+        if isinstance(value, float):
+            return float.__float__(value)
+        if isinstance(value, numbers.Integral):
+            converted = operator.index(value)
+            return int.__int__(converted) if isinstance(converted, int) else None
+        if isinstance(value, numbers.Real):
+            converted = float(value)
+            return float.__float__(converted) if isinstance(converted, float) else None
+    except Exception:
+        pass
+    return None
+
+
 def number(key: str, value: Any) -> int | float | None:
     """`value` as a storable number for `key`, or None to drop it.
 
-    Exactly int or float (a bool is not a number here); finite; within signed 64 bits
-    so that every store holds it and a sum of a few cannot reach infinity; not negative
-    for counts and cost; `duration_ms` within `MAX_DURATION_MS`.
+    An int or float (or a number `_numeric` converts; a bool is not a number here);
+    finite; within signed 64 bits so that every store holds it and a sum of a few
+    cannot reach infinity; not negative for counts and cost; `duration_ms` within
+    `MAX_DURATION_MS`.
     """
-    if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
-        value = int(value)  # an int subclass: its own methods are never called again
-    elif isinstance(value, float):
-        value = float(value)
-        if not math.isfinite(value):
-            return None
-    else:
+    value = _numeric(value)
+    if value is None:
+        return None
+    if type(value) is float and not math.isfinite(value):
         return None
     if not INT64_MIN <= value <= INT64_MAX:
         return None
@@ -169,33 +200,101 @@ def clean(event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _get(mapping: Any, key: str) -> Any:
+    """``mapping.get(key)``, or None when reading it raises (``Mapping.get`` catches only KeyError)."""
+    try:
+        return mapping.get(key)
+    except Exception:
+        return None
+
+
+def _plain(key: str, value: Any) -> Any:
+    """A result's value as a plain str, int or float for payload `key`, or None; never raises.
+
+    Done when the metrics are read, so that nothing later (comparing the status,
+    rounding, JSON) ever touches the user's object again.
+    """
+    if value is None:
+        return None
+    try:
+        if KEYS["task"][key] == STR:
+            return str.__str__(value) if isinstance(value, str) else None
+        return number(key, value)
+    except Exception:
+        return None
+
+
+def _duration_ms(seconds: Any) -> int | None:
+    """The result's ``duration_seconds`` in whole milliseconds, or None when it is no storable duration."""
+    seconds = _numeric(seconds)
+    if seconds is None:
+        return None
+    ms = seconds * 1000
+    if type(ms) is float and not math.isfinite(ms):  # 1e306 s overflows to inf: round() would raise
+        return None
+    return number("duration_ms", round(ms))
+
+
 def task_metrics(result: Any) -> dict[str, Any]:
     """Metrics from an agent's result mapping, as the gem's `extract_task_metrics`.
 
     Anything that is not a mapping gives no metrics; keys not listed above
-    (``history``, ``session_id``, ...) are ignored.
+    (``history``, ``session_id``, ...) are ignored. Never raises: a key that cannot
+    be read, compared or converted is left out and the rest is kept, and every
+    value returned is a plain str, int or float.
     """
-    if result is None or not isinstance(result, Mapping):  # None first: the ABC check costs 0.5 µs
-        return {}
-    metrics = {out: result.get(key) for key, out in RESULT_KEYS.items()}
-    seconds = result.get("duration_seconds")
-    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds):
-        metrics["duration_ms"] = round(seconds * 1000)
-    stats = result.get("cache_stats")
-    if isinstance(stats, Mapping):
-        metrics.update({out: stats.get(key) for key, out in CACHE_STATS_KEYS.items()})
-    return {k: v for k, v in metrics.items() if v is not None}
+    metrics: dict[str, Any] = {}
+    try:
+        if result is None or not isinstance(result, Mapping):  # None first: the ABC check costs 0.5 µs
+            return metrics
+        for key, out in RESULT_KEYS.items():
+            value = _plain(out, _get(result, key))
+            if value is not None:
+                metrics[out] = value
+        duration = _duration_ms(_get(result, "duration_seconds"))
+        if duration is not None:
+            metrics["duration_ms"] = duration
+        stats = _get(result, "cache_stats")
+        if stats is not None and isinstance(stats, Mapping):
+            for key, out in CACHE_STATS_KEYS.items():
+                value = _plain(out, _get(stats, key))
+                if value is not None:
+                    metrics[out] = value
+    except Exception:
+        pass  # e.g. an isinstance() that raises: what was read so far is kept
+    return metrics
+
+
+def _interrupted(error: BaseException) -> bool:
+    """A KeyboardInterrupt, or asyncio's CancelledError: what a kernel interrupt raises in an async cell."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    asyncio = sys.modules.get("asyncio")  # not imported: no CancelledError can exist
+    return asyncio is not None and isinstance(error, asyncio.CancelledError)
 
 
 def status_of(error: BaseException | None, own: Any = None) -> str:
-    """`interrupted`, `error`, or the agent's own status when it is `success`/`error`, else `success`."""
-    if isinstance(error, KeyboardInterrupt):
-        return "interrupted"
-    if error is not None:
-        return "error"
-    return own if own in ("success", "error") else "success"
+    """`interrupted`, `error`, or the agent's own status when it is `success`/`error`, else `success`.
+
+    Never raises: `own` is compared only when it is a str (a numpy array or an
+    object whose ``__eq__`` raises is no status).
+    """
+    try:
+        if error is not None:
+            return "interrupted" if _interrupted(error) else "error"
+        if isinstance(own, str) and str.__str__(own) in ("success", "error"):
+            return str.__str__(own)
+    except Exception:
+        pass
+    return "success"
 
 
 def error_kind(error: BaseException | None) -> str | None:
-    """The exception's class name only: never its message, which may hold user data."""
-    return None if error is None else type(error).__name__
+    """The exception's class name only: never its message, which may hold user data. Never raises."""
+    if error is None:
+        return None
+    try:
+        name = type(error).__name__
+        return str.__str__(name) if isinstance(name, str) else None
+    except Exception:
+        return None

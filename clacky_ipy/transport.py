@@ -361,7 +361,7 @@ class Transport:
             self._drop(event, "dropped: queue full")
             return False
         queue.append((event, data, perf_counter() if made_at is None else made_at))
-        if self._idle:
+        if self._idle or self._thread is None:
             self._ring()
         return True
 
@@ -415,6 +415,10 @@ class Transport:
             self._count("dropped")
             self._outcome(event, None, "dropped: opted out")
         return n
+
+    def _count_dropped(self) -> None:
+        """One event dropped before it reached the queue (the client's held events)."""
+        self._count("dropped")
 
     def _drop(self, event: str, outcome: str) -> None:
         self._count("dropped")
@@ -506,6 +510,8 @@ class Transport:
                 self._idle = True
                 if not queue and generation == self._generation:
                     bell.wait()
+                if generation != self._generation:
+                    return None  # reset meanwhile: `_idle` belongs to the new worker now
                 self._idle = False
                 continue
             if delay > 0:

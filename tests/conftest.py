@@ -14,6 +14,7 @@ import re
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,9 @@ CLOSED_URL = "http://127.0.0.1:9"  # the discard port: nothing listens, connecti
 ISOLATION = {"CLACKY_LICENSE_SERVER": CLOSED_URL, "CLACKY_HOME": _HOME}
 SWITCHES = ("CLACKY_TELEMETRY", "DO_NOT_TRACK", "CLACKY_TELEMETRY_DEBUG", "CLACKY_LAUNCHED_BY")
 os.environ.update(ISOLATION)
+# The session's home has seen the notice, so that a child's events leave at once whatever ran
+# before; tests of the notice itself use a fresh home (the `home` fixture, or their own).
+Path(_HOME, "ipy-telemetry-notice-shown").write_text("shown\n")
 for _name in SWITCHES:
     os.environ.pop(_name, None)
 
@@ -92,6 +96,19 @@ class Receiver:
 
     def wait(self, timeout=5.0):
         assert clacky_ipy.flush(timeout), "the queue did not drain"
+
+    def quiet(self, still=0.5, timeout=10.0):
+        """Wait until nothing new arrived for `still` seconds. Another process (a kernel) sends
+        once its shell has been idle a moment (deferral), so right after its last cell some of
+        its events may still be on their way."""
+        deadline = time.monotonic() + timeout
+        count, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            if len(self.server.log) != count:
+                count, since = len(self.server.log), time.monotonic()
+            elif time.monotonic() - since >= still:
+                return
+            time.sleep(0.05)
 
 
 @pytest.fixture

@@ -35,7 +35,11 @@ def outputs(nb, kind="stream"):
 
 def run_notebook(path, receiver, tmp_path):
     env = kernel_env(receiver.url, tmp_path / "home")
-    return execute_notebook(path, env, tmp_path)
+    env["PYTHONPATH"] = subprocess_env()["PYTHONPATH"]  # the kernel imports this checkout, not another install
+    try:
+        return execute_notebook(path, env, tmp_path)
+    finally:
+        receiver.quiet()  # the kernel sends its last events once idle, a moment after the last cell
 
 
 def test_every_notebook_is_covered():
@@ -111,9 +115,47 @@ def test_interrupted_cell_in_a_kernel(receiver, tmp_path):
 
 
 def test_demo_command_runs_offline_and_exits_0(tmp_path):
-    env = subprocess_env(CLACKY_HOME=str(tmp_path / "home"))
-    proc = subprocess.run([PYTHON, "-m", "clacky_ipy", "demo"], env=env, capture_output=True, text=True, timeout=300)
+    # a proxy in the user's shell (here a closed port) must not swallow the loopback events
+    dead_proxy = "http://127.0.0.1:9"
+    env = subprocess_env(CLACKY_HOME=str(tmp_path / "home"), HTTP_PROXY=dead_proxy, http_proxy=dead_proxy)
+    kept = tmp_path / "kept.db"
+    cmd = [PYTHON, "-m", "clacky_ipy", "demo", "--keep", str(kept)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Events received (7)" in proc.stdout  # 1 startup, 6 tasks (see EXPECTED)
-    assert "unique_devices" in proc.stdout and "tasks_by_status" in proc.stdout
+    out = proc.stdout
+    assert "Events received (7)" in out  # 1 startup, 6 tasks (see EXPECTED)
+    assert "unique_devices" in out and "tasks_by_status" in out
     assert not (tmp_path / "home").exists()  # the demo never touches the user's Clacky home
+    # what a newcomer wants to see: the notice, the status, a payload as received, the opt-out
+    assert "  | clacky_ipy: usage telemetry for OpenClacky is on" in out
+    assert "  | Telemetry:    on" in out and "  | Device id:" in out
+    head, body = out.split("One payload exactly as the collector received it", 1)[1].splitlines()[:2]
+    assert "answered 201" in head
+    sent = json.loads(body)
+    assert sent["model"] == "claude-haiku-4" and sent["trigger"] == "api"
+    assert "The last 2 cells sent nothing: they ran after `%config ClackyTelemetry.enabled = False` opted out." in out
+    # --keep: the database stays for `report`
+    report = subprocess.run([PYTHON, "-m", "clacky_ipy", "report", "--db", str(kept), "--format", "json"],
+                            env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert report.returncode == 0 and json.loads(report.stdout)["tasks"] == 6
+
+
+def test_demo_takes_a_bundled_notebooks_name_and_refuses_in_one_line(tmp_path):
+    from clacky_ipy.demo import find_notebook
+
+    assert (
+        find_notebook("configuration")
+        == find_notebook("configuration.ipynb")
+        == notebooks_dir() / ("configuration.ipynb")
+    )
+    assert find_notebook(None).name == "quickstart.ipynb" and find_notebook("nope") is None
+    env = subprocess_env(CLACKY_HOME=str(tmp_path / "home"))
+    for args in (["--notebook", "nope"], ["--keep", str(tmp_path)], ["--keep", str(tmp_path / "no" / "x.db")]):
+        proc = subprocess.run([PYTHON, "-m", "clacky_ipy", "demo", *args], env=env, capture_output=True, text=True)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_demo_kernel_env_bypasses_proxies_for_loopback(monkeypatch, tmp_path):
+    monkeypatch.setenv("NO_PROXY", "corp.example")
+    env = kernel_env("http://127.0.0.1:1", tmp_path)
+    assert env["NO_PROXY"].split(",")[:2] == ["corp.example", "127.0.0.1"] and "localhost" in env["no_proxy"]

@@ -120,7 +120,7 @@ def test_many_threads_one_worker_nothing_lost(ip, receiver):
         t.start()
     for t in threads:
         t.join()
-    assert len(workers()) == 1
+    assert len(workers()) == 1 and CLIENT.transport.threads <= CLIENT.config.max_connections
     receiver.wait(30)
     assert len(receiver.events("task")) == 800
     assert CLIENT.transport.sent == 801 and CLIENT.transport.dropped == 0

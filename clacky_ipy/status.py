@@ -1,0 +1,68 @@
+"""What ``%clacky_telemetry status`` and ``clacky-ipy telemetry status`` print.
+
+One rendering for both, so the shell command and the magic never disagree about
+which switch decided, where the saved choice lives, or what the device id is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import mask_credentials
+from .identity import read_brand_file
+
+#: What the device id is, in one sentence a user can check (also in the README and the notice).
+DEVICE_ID_COMPUTED = (
+    'pseudonymous: SHA-256 of "{hostname}:{user}:{platform}", as the openclacky gem computes it, so a machine '
+    "counts once across the gem and notebooks; it is not your names, but anyone who knows them can recompute it"
+)
+DEVICE_ID_STORED = (
+    "pseudonymous: stored by the openclacky gem in {path}, which derives it the same way (SHA-256 of "
+    '"{{hostname}}:{{user}}:{{platform}}"); shared with the gem so a machine counts once'
+)
+
+
+def device_id_source(home: Path) -> str:
+    """How this machine's device id was derived: read from the gem's brand.yml, or computed."""
+    stored = read_brand_file(home).get("device_id")
+    if isinstance(stored, str) and stored.strip():
+        return DEVICE_ID_STORED.format(path=home / "brand.yml")
+    return DEVICE_ID_COMPUTED
+
+
+def status_text(status: Mapping[str, Any]) -> str:
+    """The status as lines a person reads, credentials in URLs masked.
+    Process counters appear only when `status` has them."""
+    state = "on (no switch turns it off)" if status["on"] else f"off ({status['off_reason']})"
+    saved = status.get("saved_choice")
+    lines = [f"Telemetry:    {state}"]
+    if saved:
+        choice = "off" if status.get("saved_off") else "on (nothing saved)"
+        lines.append(f"Saved choice: {choice}; kept in {saved}")
+    lines.append(
+        f"Endpoint:     {status['endpoint']}"
+        + (f" (fallbacks: {', '.join(status['fallback_endpoints'])})" if status["fallback_endpoints"] else "")
+    )
+    lines.append(f"Device id:    {status['device_id']}")
+    if status.get("device_id_source"):
+        lines.append(f"              {status['device_id_source']}")
+    if status.get("notice_pending") and status["on"]:
+        waiting = f" ({status['waiting']} events waiting)" if "queued" in status else ""
+        lines.append(f"Notice:       not displayed yet in this Clacky home; nothing is sent until it is{waiting}")
+    if "queued" not in status:
+        return mask_credentials("\n".join(lines))
+    lines += [
+        f"track_cells:  {status['track_cells']}",
+        "Events:       queued {queued}, sent {sent}, failed {failed}, dropped {dropped}, in flight {in_flight}".format(
+            **status
+        ),
+    ]
+    if status["debug"]:
+        lines.append(f"Debug:        on: events are printed to stderr, not sent ({status['printed']} printed)")
+    if status["paused_seconds"]:
+        lines.append(f"Paused:       {status['paused_seconds']} s more (the server answered 429)")
+    if status["last_error"]:
+        lines.append(f"Last error:   {status['last_error']}")
+    return mask_credentials("\n".join(lines))
