@@ -47,6 +47,7 @@ SIZES = {
     "drain_events": (3000, 300),
     "burst_calls": (100_000, 10_000),
     "ingest_events": (8000, 800),
+    "idle_connections": (2000, 200),
     "report_events": (1_000_000, 20_000),
 }
 TARGETS = {
@@ -57,10 +58,31 @@ TARGETS = {
     "drain_events_per_s": 2000,
     "drain_vs_gem": 4.0,
     "burst_rss_mb": 5.0,
-    "ingest_events_per_s": 1500,
+    "ingest_events_per_s": 3000,
     "report_s": 2.0,
 }
 SHUTDOWN_TIMEOUT = 1.0  # the default, which the exit rows are measured against
+#: The last http.server collector (before the ASGI one): loaded from git history for the
+#: side-by-side rows, never committed as a copy.
+BASELINE_COLLECTOR = "951d7d28f8a150b6aa4013301ad2d364ca250cef"
+#: Serves `clacky_ipy.collector` as it was at BASELINE_COLLECTOR: argv = source file, db, port.
+BASELINE_SERVER = """
+import importlib.util, signal, sys
+spec = importlib.util.spec_from_file_location("clacky_ipy.baseline_collector", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+collector = module.Collector(sys.argv[2], port=int(sys.argv[3]))
+def stop(*_):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, stop)
+print("baseline collector on", collector.url, flush=True)
+try:
+    collector.serve_forever()
+except KeyboardInterrupt:
+    pass
+finally:
+    collector.stop()
+"""
 
 
 # -- helpers shared by the parent and the children ------------------------------------------
@@ -97,15 +119,25 @@ def free_port() -> int:
 
 
 @contextmanager
-def collector_process(db: Path) -> Iterator[str]:
-    """A real `clacky-ipy collect` in its own process (its own core and GIL); yields its URL."""
+def collector_process(db: Path, baseline: Path | None = None) -> Iterator[str]:
+    """A real `clacky-ipy collect` in its own process (its own core and GIL); yields its URL.
+    With `baseline` (the old collector's source file), that collector instead."""
+    server = collector_processes(db, baseline)
+    try:
+        yield next(server)
+    finally:
+        server.close()
+
+
+def collector_processes(db: Path, baseline: Path | None = None) -> Iterator[Any]:
+    """Yields the collector's URL, then its process (for /proc figures); stops it when closed."""
     port = free_port()
+    if baseline is None:
+        cmd = [PYTHON, "-m", "clacky_ipy", "collect", "--db", str(db), "--port", str(port)]
+    else:
+        cmd = [PYTHON, "-c", BASELINE_SERVER, str(baseline), str(db), str(port)]
     proc = subprocess.Popen(
-        [PYTHON, "-m", "clacky_ipy", "collect", "--db", str(db), "--port", str(port)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
@@ -113,9 +145,36 @@ def collector_process(db: Path) -> Iterator[str]:
         if "collector on" not in line:
             raise RuntimeError(f"the collector did not start: {line}{proc.stderr.read() if proc.stderr else ''}")
         yield f"http://127.0.0.1:{port}"
+        yield proc
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def baseline_collector(work: Path) -> Path | None:
+    """The http.server collector's source from git history, or None outside a git checkout."""
+    try:
+        source = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{BASELINE_COLLECTOR}:clacky_ipy/collector.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = work / "baseline_collector.py"
+    path.write_text(source)
+    return path
+
+
+def proc_figures(pid: int) -> dict[str, int]:
+    """Threads, resident memory (KiB) and open file descriptors of process `pid` (Linux)."""
+    figures = {"fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Threads", "VmRSS"):
+            figures[name] = int(value.split()[0])
+    return figures
 
 
 @contextmanager
@@ -436,6 +495,23 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+def _post(url: str, body: dict[str, Any], timeout: float) -> int:
+    """One POST on a fresh connection: its status."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"}
+        conn.request("POST", "/api/v1/telemetry/task", body=json.dumps(body), headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
 # -- the parent: one section per row of the benchmark issue -----------------------------------
 class Bench:
     def __init__(self, quick: bool, work: Path) -> None:
@@ -654,21 +730,99 @@ class Bench:
 
     # ---------------------------------------------------------------------------------------
     def collector(self) -> None:
-        print("collector ingest (8 concurrent clients) and report on stored events ...", flush=True)
-        n = self.size("ingest_events")
-        db = self.work / "ingest.db"
-        with collector_process(db) as url:
-            r = run_child("ingest", {"url": url, "events": n, "clients": 8}, child_env(self.home("ingest"), url))
-        kept = stored(db)
-        rate = r["events"] / r["seconds"]
-        self.results["ingest"] = {"events": r["events"], "seconds": r["seconds"], "errors": r["errors"], "stored": kept}
-        self.row(
-            f"collector ingest, 8 keep-alive clients ({r['events']} events)",
-            f"{rate:.0f} events/s; stored {kept}/{r['events']}",
-            f">= {TARGETS['ingest_events_per_s']}/s",
-            rate >= TARGETS["ingest_events_per_s"] and kept == r["events"] and r["errors"] == 0,
-        )
+        self.ingest()
+        self.idle()
+        self.report()
 
+    def ingest(self) -> None:
+        print("collector ingest (8 concurrent clients), today's and the http.server one ...", flush=True)
+        n = self.size("ingest_events")
+        baseline = baseline_collector(self.work)
+        rates = {}
+        for name, source in (("http.server (before)", baseline), ("ASGI (uvicorn)", None)):
+            if name.startswith("http.server") and source is None:
+                continue
+            db = self.work / f"ingest-{len(rates)}.db"
+            with collector_process(db, source) as url:
+                r = run_child("ingest", {"url": url, "events": n, "clients": 8}, child_env(self.home("ingest"), url))
+            kept = stored(db)
+            rate = rates[name] = r["events"] / r["seconds"]
+            self.results.setdefault("ingest", {})[name] = {
+                "events": r["events"],
+                "seconds": r["seconds"],
+                "errors": r["errors"],
+                "stored": kept,
+            }
+            last = source is None
+            self.row(
+                f"collector ingest, 8 keep-alive clients, SQLite: {name}",
+                f"{rate:.0f} events/s; stored {kept}/{r['events']}"
+                + (f"; x{rate / rates['http.server (before)']:.1f}" if last and len(rates) > 1 else ""),
+                f">= {TARGETS['ingest_events_per_s']}/s" if last else "-",
+                (rate >= TARGETS["ingest_events_per_s"] and kept == r["events"] and r["errors"] == 0) if last else None,
+            )
+
+    def idle(self) -> None:
+        n = self.size("idle_connections")
+        print(f"collector under {n} idle connections, then one legitimate client ...", flush=True)
+        if not Path("/proc/self/status").exists():
+            print("  (skipped: needs /proc)")
+            return
+        baseline = baseline_collector(self.work)
+        for name, source in (("http.server (before)", baseline), ("ASGI (uvicorn)", None)):
+            if name.startswith("http.server") and source is None:
+                continue
+            servers = collector_processes(self.work / f"idle-{name[:4]}.db", source)
+            url, proc = next(servers), next(servers)
+            port = int(url.rsplit(":", 1)[1])
+            try:
+                before = proc_figures(proc.pid)
+                sockets, refused, peak = [], 0, 0
+                t0 = time.perf_counter()
+                for i in range(n):
+                    if time.perf_counter() - t0 > 60:  # the old backlog of 5 makes each connect wait
+                        break
+                    try:
+                        sockets.append(socket.create_connection(("127.0.0.1", port), timeout=3))
+                    except OSError:
+                        refused += 1
+                    if i % 50 == 0:
+                        peak = max(peak, proc_figures(proc.pid)["Threads"])
+                connect_s = time.perf_counter() - t0
+                time.sleep(1.0)
+                held = proc_figures(proc.pid)
+                held["Threads"] = max(peak, held["Threads"])  # the most threads seen
+                t0 = time.perf_counter()
+                try:
+                    status = _post(url, {"device_id": "legit"}, timeout=10)
+                except OSError as exc:
+                    status = type(exc).__name__
+                took = time.perf_counter() - t0
+                for sock in sockets:
+                    sock.close()
+            finally:
+                servers.close()
+            self.results.setdefault("idle", {})[name] = {
+                "connections": len(sockets),
+                "refused": refused,
+                "connect_s": connect_s,
+                "before": before,
+                "held": held,
+                "legit_status": status,
+                "legit_s": took,
+            }
+            last = source is None
+            self.row(
+                f"collector under {n} idle connections: {name}",
+                f"{len(sockets)} opened in {connect_s:.1f} s; threads {before['Threads']} -> {held['Threads']}, "
+                f"RSS +{(held['VmRSS'] - before['VmRSS']) / 1024:.1f} MB, fds {held['fds']}; "
+                f"legit client: {status} in {took * 1000:.0f} ms",
+                "bounded; legit client served" if last else "-",
+                (held["Threads"] <= before["Threads"] + 2 and status == 201 and took < 2) if last else None,
+            )
+
+    def report(self) -> None:
+        print("report on stored events ...", flush=True)
         events = self.size("report_events")
         big = self.work / "report.db"
         t0 = time.perf_counter()
@@ -704,9 +858,9 @@ class Bench:
 def fill(db: Path, n: int, devices: int = 2000, days: int = 30) -> None:
     """`n` plausible events straight into a collector's table (bulk, not over HTTP)."""
     from clacky_ipy import payload
-    from clacky_ipy.collector import Store
+    from clacky_ipy.store import open_store, rebuild
 
-    Store(db).close()  # the collector's own schema and indexes
+    open_store(db).close()  # the collector's own schema
     rng = random.Random(1)
     now = datetime.now(timezone.utc)
     ids = [f"{i:064x}" for i in range(devices)]
@@ -740,6 +894,7 @@ def fill(db: Path, n: int, devices: int = 2000, days: int = 30) -> None:
     with con:
         con.executemany(sql, rows())
     con.close()
+    rebuild(db)  # the rollups of the rows inserted behind the store's back
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -799,13 +954,15 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], quick: bool) -> s
 
 
 SECTIONS = ("cells", "load", "endpoints", "drain", "burst", "collector")
+#: Parts of a section that can also run alone (`--only ingest`).
+PARTS = ("ingest", "idle", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a smoke run: few repetitions (CI)")
     p.add_argument("--output", type=Path, help="directory for BENCHMARKS.md and results.json (default: the repository)")
-    p.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
+    p.add_argument("--only", choices=SECTIONS + PARTS, action="append", help="run only these sections")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--args", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)

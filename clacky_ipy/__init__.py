@@ -2,9 +2,11 @@
 
 ``%load_ext clacky_ipy`` sends the startup event; ``%%clacky`` cells (and every
 cell with ``track_cells``) send task events. Outside IPython use `startup`,
-`task`, `track` and `flush`. Opt out with ``CLACKY_TELEMETRY=0``,
-``DO_NOT_TRACK=1``, ``c.ClackyTelemetry.enabled = False`` or
-``%clacky_telemetry off``.
+`task`, `track` and `flush`; `recent` lists what was sent. Nothing is sent before
+the first-run notice was displayed. Opt out with ``CLACKY_TELEMETRY=0`` or
+``DO_NOT_TRACK=1``, a ``telemetry-off`` policy file in ``/etc/clacky`` or
+``{sys.prefix}/etc/clacky``, ``%clacky_telemetry off`` / ``clacky-ipy telemetry off``
+(saved), or ``c.ClackyTelemetry.enabled = False``.
 """
 
 from .client import __version__, flush, recent, startup, task, track

@@ -3,55 +3,114 @@
 from __future__ import annotations
 
 import argparse
-import signal
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+from . import safe
+
+
+def _fail(command: str, message: str) -> int:
+    """An operator's mistake: one line on stderr and exit code 2, never a traceback."""
+    print(f"clacky-ipy {command}: {safe.printable(message)}", file=sys.stderr)
+    return 2
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from .collector import Collector
+    from . import collector
     from .store import StoreError
 
     try:
-        collector = Collector(args.db, host=args.host, port=args.port, verbose=args.verbose)
+        server = collector.Collector(
+            args.db,
+            host=args.host,
+            port=args.port,
+            verbose=args.verbose,
+            max_connections=args.max_connections,
+            read_timeout=args.read_timeout,
+        )
+    except ImportError:
+        return _fail("collect", "the collector needs uvicorn: pip install 'clacky-ipy[collector]'")
     except StoreError as exc:
-        print(f"clacky-ipy collect: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"clacky-ipy collect: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-
-    def stop(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    print(f"clacky-ipy collector on {collector.url}, storing in {args.db} (Ctrl-C to stop)", flush=True)
-    try:
-        collector.serve_forever()
+        return _fail("collect", str(exc))
+    except OSError as exc:  # nothing was created: the port is bound before the database is opened
+        return _fail("collect", f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
     except KeyboardInterrupt:
+        return 0
+    if not collector.is_loopback(args.host):
+        print(
+            f"clacky-ipy collect: warning: listening on {args.host} exposes an unauthenticated endpoint "
+            "to every network it can be reached from; anyone there can store events",
+            file=sys.stderr,
+            flush=True,
+        )
+    collector.configure_logging(args.verbose)
+    print(f"clacky-ipy collector on {server.url}, storing in {args.db} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve()  # SIGINT and SIGTERM: stop accepting, answer what was read, commit, close
+    except KeyboardInterrupt:  # a signal before the server took them over
         pass
     finally:
-        collector.stop()
-        print("collector stopped", flush=True)
+        server.stop()
+    print("collector stopped", flush=True)
     return 0
+
+
+def _writable_target(path: str) -> str | None:
+    """Why `path` cannot receive the plot, or None: checked before the report is printed."""
+    target = Path(path)
+    if target.is_dir():
+        return f"--plot {path}: is a folder, not a file"
+    folder = target.parent
+    if not folder.is_dir():
+        return f"--plot {path}: the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"--plot {path}: cannot write in {folder}"
+    return None
 
 
 def _report(args: argparse.Namespace) -> int:
     from . import report
+    from .store import StoreError
 
+    if args.plot:
+        problem = _writable_target(args.plot)
+        if problem:
+            return _fail("report", problem)
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return _fail("report", "--plot needs matplotlib: pip install 'clacky-ipy[plot]'")
     try:
         data = report.build(args.db, days=args.days, exclude_ci=args.exclude_ci)
-    except FileNotFoundError as exc:
-        print(f"clacky-ipy report: {exc}", file=sys.stderr)
-        return 2
-    print(report.render(data, args.format), end="")
+    except StoreError as exc:
+        return _fail("report", str(exc))
+    try:
+        sys.stdout.write(report.render(data, args.format))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        sys.stdout = None  # type: ignore[assignment]  # no second error at exit
+        return 0
     if args.plot:
         try:
             report.plot(data, args.plot)
-        except ImportError:
-            print("clacky-ipy report: --plot needs matplotlib: pip install 'clacky-ipy[plot]'", file=sys.stderr)
-            return 2
+        except OSError as exc:
+            return _fail("report", f"--plot {args.plot}: {exc.strerror or exc}")
         print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from .store import StoreError, rebuild
+
+    try:
+        done = rebuild(args.db)
+    except StoreError as exc:
+        print(f"clacky-ipy rebuild: {exc}", file=sys.stderr)
+        return 2
+    print(f"rebuilt the rollups of {done.events:,} events in {done.seconds:.1f} s", flush=True)
     return 0
 
 
@@ -87,17 +146,36 @@ def _telemetry(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive number of days")
-    return value
+#: The longest --days: a century (a billion days is past the calendar's end).
+MAX_DAYS = 36_500
+
+
+def _bounded(kind: Callable[[str], Any], low: float, high: float, what: str = "a number") -> Callable[[str], Any]:
+    """An argparse type: a `kind` number from `low` to `high`, or a one-line refusal."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} is not {what} from {low} to {high}")
+        return value
+
+    return convert
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (and exit code 2), like every other operator error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def parser() -> argparse.ArgumentParser:
     from .client import __version__
 
-    p = argparse.ArgumentParser(prog="clacky-ipy", description="OpenClacky telemetry for IPython: tools.")
+    p = _Parser(prog="clacky-ipy", description="OpenClacky telemetry for IPython: tools.")
     p.add_argument("--version", action="version", version=f"clacky-ipy {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -112,17 +190,39 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("collect", help="run the reference collector (SQLite)")
     c.add_argument("--db", default="clacky-events.db", help="SQLite file (default: clacky-events.db)")
     c.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    c.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    c.add_argument(
+        "--port", type=_bounded(int, 0, 65535, "a port"), default=8765, help="port (default: 8765; 0 picks a free one)"
+    )
     c.add_argument("--verbose", action="store_true", help="log each request (never the peer's address)")
+    c.add_argument(
+        "--max-connections",
+        type=_bounded(int, 1, 65536),
+        default=1024,
+        help="open connections at most; the longest idle one makes room for a new one (default: 1024)",
+    )
+    c.add_argument(
+        "--read-timeout",
+        type=_bounded(float, 0.1, 3600),
+        default=10.0,
+        help="seconds a connection has to send each whole request (default: 10)",
+    )
     c.set_defaults(func=_collect)
 
     r = sub.add_parser("report", help="what the platform derives from a collector's database")
     r.add_argument("--db", required=True, help="the collector's SQLite file")
-    r.add_argument("--days", type=_positive_int, help="only the last N days (default: everything)")
+    r.add_argument(
+        "--days",
+        type=_bounded(int, 1, MAX_DAYS, "a positive number of days"),
+        help="only the last N days (default: everything)",
+    )
     r.add_argument("--format", choices=("table", "json", "csv"), default="table")
     r.add_argument("--exclude-ci", action="store_true", help="leave out events sent from CI")
     r.add_argument("--plot", metavar="FILE.png", help="also draw daily active devices and tasks per day")
     r.set_defaults(func=_report)
+
+    b = sub.add_parser("rebuild", help="recompute the report's rollups from the raw events (repair, upgrade)")
+    b.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
+    b.set_defaults(func=_rebuild)
 
     d = sub.add_parser("demo", help="collector + quickstart notebook in a real kernel + report, offline")
     d.add_argument(

@@ -88,6 +88,12 @@ class Client:
         self._debug = False
         self._listeners: list[Callable[[], None]] = []  # told when telemetry may have turned on or off
 
+    def forget_process_state(self) -> None:
+        """In a forked child: the parent sends what waited for the notice, and its log is the parent's."""
+        self._held_lock = threading.Lock()  # another thread may have held it at the fork
+        self._held = []
+        self.log.clear()
+
     def reset(self) -> None:
         """Forget everything, as a new process would (for tests)."""
         config = self._config
@@ -239,6 +245,11 @@ class Client:
                 return True
         return self.transport.submit(event, fields)  # displayed meanwhile, by another thread
 
+    @property
+    def waiting(self) -> int:
+        """How many events wait for the notice."""
+        return len(self._held)
+
     def notice_displayed(self, print_to_stderr: bool = False) -> None:
         """The notice is now where a person sees it: remember that, and send what waited for it."""
         with self._held_lock:
@@ -328,7 +339,9 @@ class Client:
         return event
 
     def flush(self, timeout: float | None = None) -> bool:
-        return self.transport.flush(self.config.shutdown_timeout if timeout is None else timeout)
+        """Wait for the queue; False also while events wait for the notice (they cannot leave yet)."""
+        drained = self.transport.flush(self.config.shutdown_timeout if timeout is None else timeout)
+        return drained and not self.waiting
 
     def after_fork_in_child(self) -> None:
         """A forked child has no worker: fresh queue and threads, and fresh locks, since the
@@ -440,7 +453,7 @@ class Client:
             "device_id": self.context()["device_id"],
             "device_id_source": device_id_source(home),
             "notice_pending": self.notice_pending,
-            "waiting": len(self._held),
+            "waiting": self.waiting,
         }
 
     def status(self) -> dict[str, Any]:
@@ -460,6 +473,7 @@ class Client:
 
 CLIENT = Client()
 os.register_at_fork(after_in_child=CLIENT.after_fork_in_child)
+os.register_at_fork(after_in_child=CLIENT.forget_process_state)
 
 
 # -- the public Python API ----------------------------------------------------------

@@ -34,6 +34,23 @@ CLACKY_OPTIONS = ("--model", "--provider", "--result")
 _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shell -> its ClackyMagics
 
 
+def _seen_by_a_person(shell: Any, info: Any) -> bool:
+    """Whether a cell's output is where a person reads it.
+
+    In a kernel, frontends run their own set-up code as cells too (VS Code does) with
+    ``store_history=False``, and its output is never shown: the notice waits for a cell the
+    user ran. In a terminal every cell's output is on the screen (``ipython -c`` included).
+    """
+    if info is None:
+        return False
+    return getattr(shell, "kernel", None) is None or bool(getattr(info, "store_history", True))
+
+
+def _running_cell(shell: Any) -> Any:
+    """The ExecutionInfo of the cell running now, or None outside a cell."""
+    return getattr(shell.displayhook.exec_result, "info", None)
+
+
 @magics_class
 class ClackyMagics(Magics):
     """``%%clacky``, ``%clacky`` and ``%clacky_telemetry``, plus the cell hooks."""
@@ -77,7 +94,7 @@ class ClackyMagics(Magics):
             self._hook(cells, ("pre_run_cell", self.pre_run_cell), ("post_run_cell", self.post_run_cell))
             self._hooked = cells
         notice = loaded and self._notice_pending and CLIENT.off_reason() is None
-        if notice and self.shell.displayhook.exec_result is not None:
+        if notice and _seen_by_a_person(self.shell, _running_cell(self.shell)):
             self.show_notice()  # turned on from a cell: the notice goes in its output, then the events
             return
         if notice != self._notice_hooked:
@@ -117,7 +134,8 @@ class ClackyMagics(Magics):
     def _notice_hook(self, info: Any) -> None:
         """pre_run_cell while the notice is pending: it lands in the first cell's output."""
         try:
-            self.show_notice()
+            if _seen_by_a_person(self.shell, info):
+                self.show_notice()
         except Exception:
             pass
 
@@ -203,10 +221,13 @@ class ClackyMagics(Magics):
         elif command == "flush":
             timeout = self.telemetry.shutdown_timeout
             drained = CLIENT.flush()
+            waiting = CLIENT.waiting
             print(
                 "Flushed: nothing left in the queue."
                 if drained
                 else f"Not drained within {timeout:g} s; still queued: {CLIENT.transport.queued}."
+                if not waiting
+                else f"Waiting for the notice: {waiting} events; they leave when the cell that shows it ends."
             )
         else:
             raise UsageError(f"unknown argument {line.strip()!r}: use %clacky_telemetry [status|on|off|log [N]|flush]")
@@ -297,7 +318,7 @@ def load(shell: Any) -> None:
     CLIENT.notice_display = magics.show_notice  # the events wait for it, in a cell's output
     CLIENT.startup()
     magics._notice_pending = CLIENT.notice_pending
-    if magics._notice_pending and shell.displayhook.exec_result is not None:
+    if magics._notice_pending and _seen_by_a_person(shell, _running_cell(shell)):
         magics.show_notice()  # loaded from a cell: tell the user in it
     CLIENT.listen(magics.sync_hooks)
     magics.sync_hooks()

@@ -6,6 +6,7 @@ which switch decided, where the saved choice lives, or what the device id is.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,15 +40,16 @@ def status_text(status: Mapping[str, Any]) -> str:
     saved = status.get("saved_choice")
     lines = [f"Telemetry:    {state}"]
     if saved:
-        choice = "off" if status.get("saved_off") else "on (nothing saved)"
-        lines.append(f"Saved choice: {choice}; kept in {saved}")
+        choice = f"off, saved in {saved}" if status.get("saved_off") else f"on (`off` would be saved in {saved})"
+        lines.append(f"Saved choice: {choice}")
     lines.append(
         f"Endpoint:     {status['endpoint']}"
         + (f" (fallbacks: {', '.join(status['fallback_endpoints'])})" if status["fallback_endpoints"] else "")
     )
     lines.append(f"Device id:    {status['device_id']}")
     if status.get("device_id_source"):
-        lines.append(f"              {status['device_id_source']}")
+        pad = " " * 14
+        lines.append(textwrap.fill(status["device_id_source"], width=100, initial_indent=pad, subsequent_indent=pad))
     if status.get("notice_pending") and status["on"]:
         waiting = f" ({status['waiting']} events waiting)" if "queued" in status else ""
         lines.append(f"Notice:       not displayed yet in this Clacky home; nothing is sent until it is{waiting}")

@@ -33,6 +33,9 @@ for _name in SWITCHES:
 
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 
+# A real PostgreSQL for the store's tests (skipped with the reason where no server exists).
+from pgserver import db_target, pg_url, postgres_server  # noqa: E402, F401
+
 import clacky_ipy  # noqa: E402
 from clacky_ipy import client as client_module  # noqa: E402
 from clacky_ipy.config import ClackyTelemetry  # noqa: E402

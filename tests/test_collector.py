@@ -79,8 +79,7 @@ def test_bad_input_gets_a_4xx_is_not_stored_and_the_server_keeps_running(collect
 def test_missing_content_length_is_411(collector):
     import http.client
 
-    host, port = collector.server.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=5)
+    conn = http.client.HTTPConnection(*collector.address, timeout=5)
     conn.putrequest("POST", TASK)
     conn.putheader("Transfer-Encoding", "chunked")
     conn.endheaders()
@@ -156,7 +155,7 @@ def test_cli_collector_stops_cleanly_and_keeps_what_it_acknowledged(tmp_path, si
 
 
 def test_cli_refuses_a_busy_port(tmp_path, collector):
-    port = collector.server.server_address[1]
+    port = collector.address[1]
     proc = subprocess.run(
         [PYTHON, "-m", "clacky_ipy", "collect", "--db", str(tmp_path / "x.db"), "--port", str(port)],
         env=subprocess_env(),
@@ -164,10 +163,11 @@ def test_cli_refuses_a_busy_port(tmp_path, collector):
         text=True,
         timeout=30,
     )
-    assert proc.returncode == 1 and "cannot listen" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "cannot listen" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.db").exists()  # the port is checked before the database is created
 
 
 def test_collector_binds_loopback_by_default(tmp_path):
     with Collector(tmp_path / "d.db", port=0) as c:
-        assert c.server.server_address[0] == "127.0.0.1"
-    time.sleep(0)
+        assert c.address[0] == "127.0.0.1" and c.url.startswith("http://127.0.0.1:")

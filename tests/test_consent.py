@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import CLIENT, PYTHON, TELEMETRY_PATH, load, run, subprocess_env
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import clacky_ipy
 from clacky_ipy.config import NOTICE_FILE, OFF_FILE, POLICY_DIRS_ENV, policy_dirs
@@ -143,9 +145,9 @@ def kernel(env, extra=()):
     return start_new_kernel(kernel_name="python3", extra_arguments=list(extra), env=env)
 
 
-def execute(kc, code):
+def execute(kc, code, **kwargs):
     """Run `code`; return [(header date as epoch, stream text)] of its output."""
-    msg_id = kc.execute(code)
+    msg_id = kc.execute(code, **kwargs)
     out = []
     while True:
         msg = kc.get_iopub_msg(timeout=60)
@@ -217,6 +219,8 @@ def test_kernel_with_the_extension_at_startup_waits_for_the_first_cell(receiver,
     try:
         time.sleep(2)  # a kernel that sent at start-up has done so by now
         assert receiver.requests == []
+        hidden = execute(kc, "x = 0", store_history=False)  # a frontend's own set-up code (VS Code)
+        assert hidden == [] and settle(receiver) == []
         out = "".join(text for _, text in execute(kc, "x = 1"))
         assert NOTICE_MARK in out
         execute(kc, "%clacky_telemetry flush")
@@ -259,7 +263,7 @@ def test_shell_status_names_the_switch_the_file_the_endpoint_and_the_device_id(t
     proc = cli(home, "telemetry", "status", CLACKY_LICENSE_SERVER="http://alice:s3cret@127.0.0.1:9")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "Telemetry:    on" in out and f"kept in {home / OFF_FILE}" in out
+    assert "Telemetry:    on" in out and f"would be saved in {home / OFF_FILE}" in out
     assert "http://***@127.0.0.1:9" in out and "s3cret" not in out
     assert "pseudonymous" in out and "{hostname}:{user}:{platform}" in out
     assert not home.exists()  # status writes nothing
@@ -415,3 +419,56 @@ def test_completion_of_a_cell_magics_first_line_and_gone_after_unload(ip):
     assert completions(ip, "%%clacky --pro\nagent.run()", len("%%clacky --pro")) == ["--provider"]
     run(ip, "%unload_ext clacky_ipy")
     assert "off" not in completions(ip, "%clacky_telemetry o")
+
+
+def test_a_forked_child_never_sends_what_waited_in_its_parent(ip, receiver, home):
+    import os
+    import warnings
+
+    ip.config.ClackyTelemetry.endpoint = receiver.url
+    ip.extension_manager.load_extension("clacky_ipy")
+    clacky_ipy.task(model="parent")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            CLIENT.notice_displayed()
+            code = 0 if clacky_ipy.flush(5) and CLIENT.recent() == [] else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert receiver.requests == []
+    run(ip, "x = 1")  # the parent shows the notice: its own events go, once
+    receiver.wait()
+    assert [r.path.rsplit("/", 1)[-1] for r in receiver.requests] == ["startup", "task"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    model=st.one_of(st.none(), st.text(max_size=100)),
+    iterations=st.one_of(st.integers(), st.floats(), st.text(max_size=5)),
+    cost=st.one_of(st.floats(allow_nan=True), st.integers(min_value=-(2**70), max_value=2**70)),
+)
+def test_the_log_holds_exactly_the_bytes_the_server_received_whatever_the_values(ip, receiver, model, iterations, cost):
+    if "clacky_ipy" not in ip.extension_manager.loaded:
+        load(ip, endpoint=receiver.url)
+    receiver.wait()
+    receiver.server.clear_log()
+    assert clacky_ipy.task({"total_cost_usd": cost}, model=model, iterations=iterations)
+    receiver.wait()
+    (request,) = receiver.requests
+    last = clacky_ipy.recent(1)[0]
+    assert (last["outcome"], last["path"]) == ("sent 201", request.path)
+    assert last["payload"].encode("utf-8") == request.get_data()
+
+
+def test_flush_in_the_loading_cell_says_the_events_wait_for_the_notice(ip, receiver, home, capsys):
+    ip.config.ClackyTelemetry.endpoint = receiver.url
+    run(ip, "%load_ext clacky_ipy\n%clacky_telemetry flush\nimport clacky_ipy\nflushed = clacky_ipy.flush(1)")
+    assert "Waiting for the notice: 1 events" in capsys.readouterr().out
+    assert ip.user_ns["flushed"] is False
+    receiver.wait()
+    assert len(receiver.events("startup")) == 1

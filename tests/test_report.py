@@ -12,7 +12,7 @@ import pytest
 from conftest import PYTHON, subprocess_env
 
 from clacky_ipy import report
-from clacky_ipy.collector import Store
+from clacky_ipy.store import open_store
 
 D1, D2 = "2026-11-20T10:00:00.000000Z", "2026-11-21T10:00:00.000000Z"
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
@@ -34,14 +34,19 @@ EVENTS = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "events.db"
-    store = Store(path)
-    for received_at, kind, fields in EVENTS:
+def fill(target, events=EVENTS):
+    store = open_store(target)
+    store.add_batch(events[:3])  # a batch, then one at a time: the rollups merge both ways
+    for received_at, kind, fields in events[3:]:
         store.add(kind, fields, received_at=received_at)
     store.close()
-    return path
+    return target
+
+
+@pytest.fixture
+def db(db_target):
+    """The hand-counted events, on each engine in turn (SQLite, then PostgreSQL)."""
+    return fill(db_target)
 
 
 def test_hand_counted_figures(db):
@@ -78,12 +83,12 @@ def test_days(db):
     assert [d["day"] for d in r["daily"]] == ["2026-11-21"] and r["tasks"] == 3 and r["unique_devices"] == 1
 
 
-def test_percentiles_nearest_rank(tmp_path):
-    store = Store(tmp_path / "p.db")
+def test_percentiles_nearest_rank(db_target):
+    store = open_store(db_target)
     for ms in range(1, 101):  # 1..100
         store.add("task", {"status": "success", "duration_ms": ms})
     store.close()
-    assert report.build(tmp_path / "p.db")["duration_ms"]["success"] == {"tasks": 100, "p50": 50, "p95": 95}
+    assert report.build(db_target)["duration_ms"]["success"] == {"tasks": 100, "p50": 50, "p95": 95}
 
 
 def test_formats(db):
@@ -95,9 +100,9 @@ def test_formats(db):
     assert "unique_devices" in table and "2026-11-21" in table and "p95" in table
 
 
-def test_empty_database(tmp_path):
-    Store(tmp_path / "e.db").close()
-    r = report.build(tmp_path / "e.db")
+def test_empty_database(db_target):
+    open_store(db_target).close()
+    r = report.build(db_target)
     assert (r["unique_devices"], r["tasks"], r["daily"], r["cost_usd"]["mean"]) == (0, 0, [], None)
     assert report.render(r)
 
@@ -110,7 +115,7 @@ def test_plot(db, tmp_path):
 
 
 def test_cli_report(db, tmp_path):
-    base = [PYTHON, "-m", "clacky_ipy", "report", "--db", str(db)]
+    base = [PYTHON, "-m", "clacky_ipy", "report", "--db", db]
     proc = subprocess.run(
         [*base, "--format", "json", "--exclude-ci"], env=subprocess_env(), capture_output=True, text=True
     )

@@ -1,0 +1,190 @@
+"""An operator's mistake gets one line on stderr and exit code 2, never a traceback, and
+nothing is created or printed first (`python -m clacky_ipy` in a child process)."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import subprocess
+import time
+
+import pytest
+import requests
+from conftest import PYTHON, free_port, subprocess_env
+
+from clacky_ipy.store import open_store
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "clacky_ipy", *args], env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stdout == ""  # refused before any output
+    for word in words:
+        assert word in proc.stderr
+
+
+@pytest.fixture
+def good_db(tmp_path):
+    path = tmp_path / "good.db"
+    store = open_store(path)
+    store.add("startup", {"device_id": "d1"})
+    store.close()
+    return path
+
+
+def corrupt(path):
+    path.write_bytes(b"SQLite format 3\x00" + b"\x13\x37" * 4000)
+    return path
+
+
+def foreign(path):
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+        con.execute("INSERT INTO invoices (amount) VALUES (1.5)")
+    con.close()
+    return path
+
+
+# -- report -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda p: p, id="missing"),
+        pytest.param(lambda p: p.write_bytes(b"") or p, id="empty"),
+        pytest.param(corrupt, id="corrupt"),
+        pytest.param(foreign, id="foreign"),
+        pytest.param(lambda p: p.mkdir() or p, id="directory"),
+        pytest.param(lambda p: p.write_text("just text, not a database\n" * 100) and p, id="text"),
+    ],
+)
+def test_report_on_an_unusable_database(tmp_path, make):
+    path = make(tmp_path / "events.db")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for fmt in ("table", "json", "csv"):
+        one_line_error(run("report", "--db", str(path), "--format", fmt))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created (no -wal, no -shm)
+
+
+def test_report_refuses_the_foreign_database_without_touching_it(tmp_path):
+    path = foreign(tmp_path / "other.db")
+    before = path.read_bytes()
+    one_line_error(run("report", "--db", str(path)), str(path))
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("days", ["1000000000", "0", "-3", "ten", "36501"])
+def test_report_days_out_of_range(good_db, days):
+    one_line_error(run("report", "--db", str(good_db), "--days", days), "--days")
+
+
+def test_report_days_at_the_bound(good_db):
+    assert run("report", "--db", str(good_db), "--days", "36500").returncode == 0
+
+
+def test_report_plot_into_a_missing_folder_is_refused_before_printing(good_db, tmp_path):
+    target = tmp_path / "no" / "such" / "folder" / "trend.png"
+    one_line_error(run("report", "--db", str(good_db), "--plot", str(target)), "does not exist")
+    assert not (tmp_path / "no").exists()
+    one_line_error(run("report", "--db", str(good_db), "--plot", str(tmp_path)), "folder")
+
+
+@pytest.mark.parametrize("name", ["events#1.db", "events?mode=rwc.db", "ev?x#y.db", "events.db?mode=rwc"])
+def test_report_path_with_uri_characters_creates_no_stray_file(tmp_path, name):
+    one_line_error(run("report", "--db", str(tmp_path / name)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_path_with_uri_characters_is_read_as_a_path(tmp_path):
+    path = tmp_path / "a#b?c.db"
+    store = open_store(path)
+    store.add("startup", {"device_id": "d1"})
+    store.close()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run("report", "--db", str(path), "--format", "json")
+    assert proc.returncode == 0 and '"startups": 1' in proc.stdout, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# -- collect ------------------------------------------------------------------------------------
+def test_collect_database_in_a_missing_folder(tmp_path):
+    one_line_error(run("collect", "--db", str(tmp_path / "nope" / "events.db"), "--port", "0"), "nope")
+    assert not (tmp_path / "nope").exists()
+
+
+def test_collect_on_a_corrupt_database(tmp_path):
+    path = corrupt(tmp_path / "events.db")
+    before = path.read_bytes()
+    one_line_error(run("collect", "--db", str(path), "--port", "0"), str(path))
+    assert path.read_bytes() == before
+
+
+def test_collect_on_a_foreign_database(tmp_path):
+    path = foreign(tmp_path / "events.db")
+    one_line_error(run("collect", "--db", str(path), "--port", "0"), str(path))
+
+
+def test_collect_on_a_directory(tmp_path):
+    one_line_error(run("collect", "--db", str(tmp_path), "--port", "0"))
+
+
+def test_collect_on_a_port_in_use_creates_no_database(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        one_line_error(run("collect", "--db", str(tmp_path / "e.db"), "--port", str(port)), "cannot listen", str(port))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("port", ["65536", "70000", "-1", "http"])
+def test_collect_on_an_impossible_port_creates_no_database(tmp_path, port):
+    one_line_error(run("collect", "--db", str(tmp_path / "e.db"), "--port", port), "--port")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_collect_on_an_address_not_of_this_machine(tmp_path):
+    one_line_error(run("collect", "--db", str(tmp_path / "e.db"), "--host", "203.0.113.7", "--port", "0"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def start(tmp_path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [PYTHON, "-m", "clacky_ipy", "collect", "--db", str(tmp_path / "e.db"), *args],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_collect_warns_when_it_binds_beyond_loopback(tmp_path):
+    port = free_port()
+    proc = start(tmp_path, "--host", "0.0.0.0", "--port", str(port))
+    try:
+        assert "collector on" in proc.stdout.readline()
+        assert requests.post(f"http://127.0.0.1:{port}/api/v1/telemetry/startup", json={}, timeout=5).status_code == 201
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    (warning,) = err.strip().splitlines()
+    assert "warning" in warning and "0.0.0.0" in warning and "unauthenticated" in warning
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_collect_on_loopback_says_nothing_on_stderr(tmp_path, host):
+    proc = start(tmp_path, "--host", host, "--port", "0")
+    try:
+        assert "collector on" in proc.stdout.readline()
+        time.sleep(0.2)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == ""

@@ -1,0 +1,203 @@
+"""What the report prints is safe wherever it goes: a terminal, a spreadsheet, a JSON parser;
+and its plot is readable (a date axis, a panel per figure, words when there is nothing)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+from datetime import date, timedelta
+
+import pytest
+from conftest import PYTHON, subprocess_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clacky_ipy import report, safe
+from clacky_ipy.store import open_store
+
+HOSTILE_NAMES = [
+    '=HYPERLINK("http://evil.example","click")',
+    "+cmd|' /C calc'!A0",
+    "-2+3",
+    "@SUM(A1:A9)",
+    "\tleading tab",
+    "\rleading return",
+    "\x1b[2J\x1b[31mred",
+    "line\nforged  tasks 999",
+    "bell\x07",
+    "rtl\u202etxt.exe",
+    "back\\x1b slash",
+]
+
+
+def strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"{name} in JSON output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def base_report(**overrides):
+    r = {
+        "filters": {"days": None, "exclude_ci": False},
+        "unique_devices": 1,
+        "new_devices": 1,
+        "startups": 1,
+        "tasks": 1,
+        "daily": [{"day": "2026-11-20", "active_devices": 1, "tasks": 1}],
+        "tasks_by_status": {"success": 1},
+        "tasks_by_model": {},
+        "tasks_by_provider": {},
+        "tasks_by_trigger": {},
+        "duration_ms": {},
+        "cost_usd": {"total": 0.0, "mean": None},
+        "tokens": {},
+        "by_frontend": {},
+        "by_launch_source": {},
+        "by_ci": {},
+    }
+    r.update(overrides)
+    return r
+
+
+def csv_cells(text: str) -> list[str]:
+    """The text cells (numbers are unquoted, read as floats, and are no formulas)."""
+    rows = csv.reader(io.StringIO(text, newline=""), quoting=csv.QUOTE_NONNUMERIC)
+    return [cell for row in rows for cell in row if isinstance(cell, str)]
+
+
+def test_csv_neutralises_formulas():
+    r = base_report(tasks_by_model={name: 1 for name in HOSTILE_NAMES})
+    cells = csv_cells(report.render(r, "csv"))
+    for name in HOSTILE_NAMES:
+        if name.startswith(safe.FORMULA_START):
+            assert "'" + name in cells
+            assert name not in cells
+    assert not any(cell.startswith(safe.FORMULA_START) for cell in cells)
+
+
+def test_table_escapes_control_characters_and_forges_no_line():
+    r = base_report(tasks_by_model={name: 1 for name in HOSTILE_NAMES})
+    table = report.render(r, "table")
+    assert all(ch == "\n" or ch.isprintable() for ch in table)
+    assert "\\x1b[2J" in table and "line\\x0aforged" in table and "\\u202e" in table
+    assert "back\\\\x1b slash" in table  # a literal backslash cannot pass for an escape
+    forged = [line for line in table.splitlines() if line.lstrip().startswith("forged")]
+    assert forged == []
+
+
+def test_json_is_always_valid_json():
+    r = base_report(cost_usd={"total": float("inf"), "mean": float("nan")}, tasks_by_model={"\x1b": 1})
+    parsed = strict_json(report.render(r, "json"))
+    assert parsed["cost_usd"] == {"total": None, "mean": None}
+    assert parsed["tasks_by_model"] == {"\x1b": 1}
+    assert "\x1b" not in report.render(r, "json")  # escaped as \u001b
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    names=st.dictionaries(st.text(max_size=20), st.integers(0, 2**63 - 1), max_size=6),
+    cost=st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_any_received_text_renders_safely(names, cost):
+    r = base_report(tasks_by_model=names, tasks_by_provider=names, cost_usd={"total": cost, "mean": cost})
+    table = report.render(r, "table")
+    assert all(ch == "\n" or ch.isprintable() for ch in table)
+    assert len(table.splitlines()) == len(report.render(base_report(cost_usd=r["cost_usd"]), "table").splitlines()) + (
+        2 * len(names) + (4 if names else 0)  # two sections of them
+    )
+    cells = csv_cells(report.render(r, "csv"))
+    assert not any(cell.startswith(safe.FORMULA_START) for cell in cells)
+    assert strict_json(report.render(r, "json"))["tasks_by_model"] == names
+
+
+def test_printable_round_trip_is_unambiguous():
+    assert safe.printable("plain text, é, 日本") == "plain text, é, 日本"
+    assert safe.printable("\x00\x1b\n\x7f\x85\u2028\U000e0001") == "\\x00\\x1b\\x0a\\x7f\\x85\\u2028\\U000e0001"
+    assert safe.printable("\\x1b") != safe.printable("\x1b")
+
+
+def test_the_command_over_hostile_stored_values(tmp_path):
+    db = tmp_path / "hostile.db"
+    store = open_store(db)
+    for name in HOSTILE_NAMES:
+        store.add("task", {"device_id": name, "model": name, "provider": name, "status": name, "trigger": name})
+    store.add("startup", {"device_id": "d", "launch_source": HOSTILE_NAMES[0], "frontend": HOSTILE_NAMES[7]})
+    for _ in range(2):  # two of these summed do not fit in 64 bits
+        store.add("task", {"prompt_tokens": 2**62, "completion_tokens": 2**62, "cost_usd": 1e300, "duration_ms": 5})
+    store.close()
+    base = [PYTHON, "-m", "clacky_ipy", "report", "--db", str(db)]
+    out = {}
+    for fmt in ("json", "csv", "table"):
+        proc = subprocess.run([*base, "--format", fmt], env=subprocess_env(), capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        out[fmt] = proc.stdout
+    parsed = strict_json(out["json"])
+    assert parsed["tasks"] == len(HOSTILE_NAMES) + 2
+    assert not any(cell.startswith(safe.FORMULA_START) for cell in csv_cells(out["csv"]))
+    assert all(ch == "\n" or ch.isprintable() for ch in out["table"])
+
+
+# -- the plot -----------------------------------------------------------------------------------
+def daily(days: int, gap: tuple[int, int] | None = None, start=date(2026, 1, 1)) -> list[dict]:
+    rows = []
+    for i in range(days):
+        if gap and gap[0] <= i < gap[1]:
+            continue
+        rows.append({"day": (start + timedelta(days=i)).isoformat(), "active_devices": 3 + i % 5, "tasks": 1000 + i})
+    return rows
+
+
+def figure_of(r, tmp_path, name="plot.png"):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    out = tmp_path / name
+    seen = []
+    original = plt.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        seen.append(fig)
+        return original(fig, *args, **kwargs)
+
+    plt.Figure.savefig = keep
+    try:
+        report.plot(r, out)
+    finally:
+        plt.Figure.savefig = original
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return seen[0]
+
+
+@pytest.mark.parametrize("days", [1, 14, 90, 365])
+def test_plot_has_a_panel_per_figure_on_a_date_axis(tmp_path, days):
+    import matplotlib.dates as mdates
+
+    r = base_report(daily=daily(days))
+    fig = figure_of(r, tmp_path)
+    devices, tasks = fig.axes
+    assert "devices" in devices.get_ylabel() and "tasks" in tasks.get_ylabel()
+    assert devices.get_ylim()[1] < 10  # its own scale: not flattened by thousands of tasks
+    assert tasks.get_ylim()[1] > 1000
+    assert len(devices.patches) == len(tasks.patches) == days
+    low, high = (mdates.num2date(x).date() for x in tasks.get_xlim())
+    assert low < date(2026, 1, 1) and high >= date(2026, 1, 1) + timedelta(days=days - 1)
+    labels = [t.get_text() for t in tasks.get_xticklabels() if t.get_text()]
+    assert 1 <= len(labels) <= 16  # readable: never a label per day on a year
+    assert fig.get_size_inches()[0] >= 8
+
+
+def test_plot_shows_a_gap_as_a_gap(tmp_path):
+    fig = figure_of(base_report(daily=daily(30, gap=(10, 20))), tmp_path)
+    xs = sorted(bar.get_x() + bar.get_width() / 2 for bar in fig.axes[1].patches)
+    steps = [round(b - a) for a, b in zip(xs, xs[1:])]
+    assert steps.count(1) == 18 and 11 in steps  # ten missing days are ten days of axis
+
+
+def test_plot_of_nothing_says_so(tmp_path):
+    fig = figure_of(base_report(daily=[], unique_devices=0, tasks=0), tmp_path)
+    texts = " ".join(t.get_text() for t in fig.texts)
+    assert "No events" in texts
+    assert not fig.axes
