@@ -170,6 +170,12 @@ def baseline_collector(work: Path) -> Path | None:
     return path
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (Linux /proc), all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_figures(pid: int) -> dict[str, int]:
     """Threads, resident memory (KiB) and open file descriptors of process `pid` (Linux)."""
     figures = {"fds": len(os.listdir(f"/proc/{pid}/fd"))}
@@ -762,8 +768,14 @@ class Bench:
             if name.startswith("http.server") and source is None:
                 continue
             db = self.work / f"ingest-{len(rates)}.db"
-            with collector_process(db, source) as url:
+            servers = collector_processes(db, source)
+            url, proc = next(servers), next(servers)
+            try:
+                cpu0 = cpu_seconds(proc.pid)
                 r = run_child("ingest", {"url": url, "events": n, "clients": 8}, child_env(self.home("ingest"), url))
+                cpu_us = (cpu_seconds(proc.pid) - cpu0) / r["events"] * 1e6
+            finally:
+                servers.close()
             kept = stored(db)
             rate = rates[name] = r["events"] / r["seconds"]
             self.results.setdefault("ingest", {})[name] = {
@@ -771,11 +783,12 @@ class Bench:
                 "seconds": r["seconds"],
                 "errors": r["errors"],
                 "stored": kept,
+                "server_cpu_us_per_event": cpu_us,
             }
             last = source is None
             self.row(
                 f"collector ingest, 8 keep-alive clients, SQLite: {name}",
-                f"{rate:.0f} events/s; stored {kept}/{r['events']}"
+                f"{rate:.0f} events/s, {cpu_us:.0f} µs server CPU each; stored {kept}/{r['events']}"
                 + (f"; x{rate / rates['http.server (before)']:.1f}" if last and len(rates) > 1 else ""),
                 f">= {TARGETS['ingest_events_per_s']}/s" if last else "-",
                 (rate >= TARGETS["ingest_events_per_s"] and kept == r["events"] and r["errors"] == 0) if last else None,

@@ -64,6 +64,23 @@ def find_notebook(name: str | None) -> Path | None:
     return None
 
 
+def kernel_manager(workdir: Path) -> Any:
+    """A jupyter_client KernelManager for a kernel of this very interpreter (its kernelspec is
+    written under `workdir`), so that a system-wide "python3" spec cannot pick another one."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    spec_dir = workdir / "kernels" / "clacky-ipy-demo"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "clacky-ipy demo", "language": "python"})
+    )
+    return KernelManager(
+        kernel_name="clacky-ipy-demo", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir.parent)])
+    )
+
+
 def execute_notebook(
     path: Path,
     env: dict[str, str],
@@ -74,20 +91,9 @@ def execute_notebook(
 ) -> Any:
     """Run every cell of `path` in a fresh kernel of this interpreter; returns the executed notebook."""
     import nbformat
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
 
-    # A kernelspec for this very interpreter, so a system-wide "python3" spec cannot pick another one.
-    spec_dir = workdir / "kernels" / "clacky-ipy-demo"
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec_dir / "kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": "clacky-ipy demo", "language": "python"})
-    )
-    km = KernelManager(
-        kernel_name="clacky-ipy-demo", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir.parent)])
-    )
+    km = kernel_manager(workdir)
 
     nb = nbformat.read(path, as_version=4)
     code_cells = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]

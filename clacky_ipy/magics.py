@@ -3,23 +3,32 @@
 The hooks are the hot path, and they are registered only while they can send
 something (``track_cells`` on and no switch of this process off): otherwise a
 cell costs nothing at all. ``pre_run_cell`` records a start time and
-``post_run_cell`` queues one small dict when the finished cell is top-level.
+``post_run_cell`` queues one small tuple when the finished cell is top-level: the
+status, the rounding and the extension-cell check happen on the worker.
 Each run is matched by its ``ExecutionInfo``, so the cell that loaded the
 extension (a post without a pre) and a magic's nested run are never counted.
+
+A ``%%clacky`` cell is not run by the magic: an input transformer removes the
+``%%clacky`` line (``%clacky [options]`` before a one-line statement) and marks the
+cell, so IPython runs the body as the cell itself, through the same path any cell
+takes in that frontend (top-level ``await``, displayed value, ``;``, history,
+tracebacks). Its own pair of hooks, registered only while a marked cell runs,
+sends the event from ``post_run_cell``. The magic functions remain for
+programmatic calls (``run_cell_magic``) and for what the transformer leaves alone.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import weakref
-from collections.abc import Mapping
 from time import perf_counter
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
-from .client import CLIENT, LOG_SIZE
+from .client import CLIENT, INTERRUPTED, LOG_SIZE
 from .config import ClackyTelemetry, saved_choice_path
 from .identity import detect_frontend
 from .notice import NOTICE
@@ -31,6 +40,19 @@ TELEMETRY_COMMANDS = ("status", "on", "off", "log", "flush")
 CLACKY_OPTIONS = ("--model", "--provider", "--result")
 
 _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shell -> its ClackyMagics
+
+
+#: The options the transformer understands; any other line is left to the magic, which explains it.
+_OPTIONS = r"((?:[ \t]+--(?:model|provider|result)(?:=|[ \t]+)\S+)*)"
+_CELL_HEAD = re.compile(r"%%clacky" + _OPTIONS + r"[ \t]*\r?\n?")
+_LINE_HEAD = re.compile(r"%clacky" + _OPTIONS + r"[ \t]+(?=\S)")
+_OPTION = re.compile(r"--(model|provider|result)(?:=|[ \t]+)(\S+)")
+#: A raw cell that starts with %%clacky or %clacky: cheap, and run only while a marked cell is pending.
+_MARKED = re.compile(r"\s*%%?clacky(?![\w])")
+
+
+def _options(text: str) -> dict[str, str]:
+    return {name: value for name, value in _OPTION.findall(text)}
 
 
 def _seen_by_a_person(shell: Any, info: Any) -> bool:
@@ -50,11 +72,6 @@ def _running_cell(shell: Any) -> Any:
     return getattr(shell.displayhook.exec_result, "info", None)
 
 
-def _is_extension_cell(info: Any) -> bool:
-    raw = getattr(info, "raw_cell", None) or ""
-    return "load_ext" in raw and "clacky_ipy" in raw
-
-
 @magics_class
 class ClackyMagics(Magics):
     """``%%clacky``, ``%clacky`` and ``%clacky_telemetry``, plus the cell hooks."""
@@ -66,6 +83,16 @@ class ClackyMagics(Magics):
         self._claimed = False  # the running top-level cell was already tracked by %%clacky
         self._notice_pending = False
         self._hooked = self._notice_hooked = False
+        # %%clacky cells: options of cells transformed but not started yet, then (info, options, start)
+        self._pending: list[tuple[dict[str, str], float]] = []
+        self._marked: list[tuple[Any, dict[str, str], float]] = []
+        self._marked_hooked = False
+
+        def transformer(lines: list[str]) -> list[str]:
+            return self._transform(lines)
+
+        transformer.has_side_effects = True  # type: ignore[attr-defined] # check_complete must skip it
+        self.transformer = transformer
         self.matcher: Any = None  # the completion matcher, registered while loaded
 
     # -- hooks (every tracked cell pays for these: keep them short) --------------------
@@ -73,6 +100,7 @@ class ClackyMagics(Magics):
         self._frames.append((info, perf_counter()))
 
     def post_run_cell(self, result: Any) -> None:
+        end = perf_counter()
         try:
             frames = self._frames
             if not frames or (result is not None and frames[-1][0] is not result.info):
@@ -81,11 +109,11 @@ class ClackyMagics(Magics):
             if frames:
                 return  # a nested run, e.g. the body of %%clacky
             claimed, self._claimed = self._claimed, False
-            if claimed or _is_extension_cell(info):
-                return
+            if claimed or (self._marked and self._marked[-1][0] is info):
+                return  # a %%clacky cell sends its own event
             # ipykernel passes None for an interrupted async cell
-            error = KeyboardInterrupt() if result is None else (result.error_before_exec or result.error_in_exec)
-            CLIENT.task("cell", error, round((perf_counter() - start) * 1000))
+            error = INTERRUPTED if result is None else (result.error_before_exec or result.error_in_exec)
+            CLIENT.cell(info, error, start, end)
         except Exception:
             pass  # a hook that raises prints a traceback on every cell
 
@@ -113,6 +141,87 @@ class ClackyMagics(Magics):
                     self.shell.events.unregister(event, callback)
                 except ValueError:
                     pass  # not registered
+
+    # -- %%clacky as the cell itself ------------------------------------------------
+    def _transform(self, lines: list[str]) -> list[str]:
+        """Input transformer (runs on every cell: the first test is all most cells pay).
+
+        ``%%clacky [options]`` becomes a comment (``# %%clacky ...``), so line
+        numbers stay those of the cell as shown and ``In[n]`` still says what it
+        was; ``%clacky [options] STATEMENT`` as the cell's only line becomes the
+        statement. Anything else, including an empty body or options it does not
+        know, is left to the magic.
+        """
+        try:
+            first = lines[0] if lines else ""
+            if not first.startswith("%clacky") and not first.startswith("%%clacky"):
+                return lines
+            head = _CELL_HEAD.fullmatch(first)
+            if head and "".join(lines[1:]).strip():
+                out = ["# " + first.rstrip("\r\n") + "\n", *lines[1:]]
+            else:
+                head = _LINE_HEAD.match(first)
+                if head is None or "".join(lines[1:]).strip():
+                    return lines
+                out = [first[head.end() :], *lines[1:]]
+            self._pending.append((_options(head.group(1)), perf_counter()))
+            self._hook_marked(True)
+            return out
+        except Exception:
+            return lines
+
+    def _hook_marked(self, on: bool) -> None:
+        if on != self._marked_hooked:
+            self._hook(on, ("pre_run_cell", self._marked_pre), ("post_run_cell", self._marked_post))
+            self._marked_hooked = on
+
+    def _marked_pre(self, info: Any) -> None:
+        """The transformed cell starts: bind its options to its ExecutionInfo."""
+        try:
+            pending = self._pending
+            if pending:
+                options, _ = pending[-1]
+                pending.clear()  # older ones were transformed and never run (an inspector, %%time's body)
+                if _MARKED.match(info.raw_cell):
+                    self._marked.append((info, options, perf_counter()))
+            if not self._marked:
+                self._hook_marked(False)
+        except Exception:
+            pass
+
+    def _marked_post(self, result: Any) -> None:
+        """A cell ended: when it is the marked one, send its event (trigger ``magic``)."""
+        try:
+            marked = self._marked
+            if result is None:  # ipykernel: an interrupted async cell
+                if not marked:
+                    return
+                _, options, start = marked.pop()
+                error: BaseException | None = KeyboardInterrupt()
+                value = None
+            else:
+                info = result.info
+                if marked and marked[-1][0] is info:
+                    _, options, start = marked.pop()
+                elif self._pending and _MARKED.match(info.raw_cell):  # transformed after pre_run_cell
+                    options, start = self._pending.pop()
+                    self._pending.clear()
+                else:
+                    return  # a nested run inside the marked cell
+                error = result.error_before_exec or result.error_in_exec
+                value = result.result
+            self._send(options, error, round((perf_counter() - start) * 1000), value)
+        except Exception:
+            pass  # a hook that raises prints a traceback on every cell
+        finally:
+            if not self._marked and not self._pending:
+                self._hook_marked(False)
+
+    def _send(self, options: dict[str, Any], error: BaseException | None, duration: int, value: Any) -> None:
+        """One task event (trigger ``magic``) for a %%clacky body that ran."""
+        result = self._agent_result(options.get("result"), value)
+        fill = {"model": _unquote(options.get("model")), "provider": _unquote(options.get("provider"))}
+        CLIENT.task("magic", error, duration, result, fill)
 
     # -- notice -------------------------------------------------------------------
     def show_notice(self) -> None:
@@ -154,12 +263,17 @@ class ClackyMagics(Magics):
 
             %clacky [--model M] [--provider P] [--result NAME] STATEMENT
 
-        The body runs as a normal cell: output, the value of its last
-        expression and tracebacks show as usual, and when it fails the cell
-        fails. The agent's metrics come from the variable NAME in the user
-        namespace (``--result``), else from the value of the last expression
-        when it is a mapping shaped like the gem's ``Agent#run`` result.
-        ``--model`` / ``--provider`` fill those keys when the result lacks them.
+        The body runs as the cell itself: top-level ``await``, output, the value
+        of its last expression, a trailing ``;`` and tracebacks behave as in any
+        cell, and when it fails the cell fails. The agent's metrics come from the
+        variable NAME in the user namespace (``--result``), else from the value
+        of the last expression when it is a mapping shaped like the gem's
+        ``Agent#run`` result. ``--model`` / ``--provider`` fill those keys when
+        the result lacks them.
+
+        Called programmatically (``run_cell_magic``/``run_line_magic``), the
+        body runs through ``run_cell`` inside the calling cell, where top-level
+        ``await`` is not available in a running event loop.
         """
         opts, statement = self.parse_options(
             line, "", "model=", "provider=", "result=", posix=False, strict=False, preserve_non_opts=True
@@ -177,15 +291,16 @@ class ClackyMagics(Magics):
             shell.displayhook.exec_result = outer  # the nested run reset it
         duration = round((perf_counter() - start) * 1000)
         error = inner.error_before_exec or inner.error_in_exec
-        result = self._agent_result(opts.get("result"), inner.result)
-        fill = {"model": _unquote(opts.get("model")), "provider": _unquote(opts.get("provider"))}
-        CLIENT.task("magic", error, duration, result, fill)
+        try:
+            self._send(opts, error, duration, inner.result)
+        except Exception:
+            pass  # never the cell's problem
         if error is not None and outer is not None:
             outer.error_in_exec = error  # the cell fails (Run All stops); the traceback was shown once
 
     def _agent_result(self, name: str | None, last_value: Any) -> Any:
         if not name:
-            return last_value if isinstance(last_value, Mapping) else None
+            return last_value  # task_metrics reads it only when it is a Mapping
         name = _unquote(name)
         if name not in self.shell.user_ns:
             print(f"clacky_ipy: --result {name}: no such variable; sent without agent metrics", file=sys.stderr)
@@ -312,6 +427,7 @@ def load(shell: Any) -> None:
     magics = ClackyMagics(shell, telemetry)
     shell.configurables.append(telemetry)
     shell.register_magics(magics)
+    shell.input_transformers_cleanup.append(magics.transformer)
     _ACTIVE[shell] = magics
     completer = getattr(shell, "Completer", None)
     if completer is not None:
@@ -339,6 +455,10 @@ def unload(shell: Any) -> None:
     if CLIENT.notice_display == magics.show_notice:
         CLIENT.notice_display = None
     magics.sync_hooks(loaded=False)
+    magics._hook_marked(False)
+    magics._pending.clear()
+    magics._marked.clear()
+    shell.input_transformers_cleanup[:] = [t for t in shell.input_transformers_cleanup if t is not magics.transformer]
     manager = shell.magics_manager
     for kind, names in magics.magics.items():
         table = manager.magics[kind]
