@@ -520,6 +520,9 @@ class Collector:
         self._thread = threading.Thread(target=self._serve_in_thread, args=(started,), daemon=True)
         self._thread.start()
         started.wait(30)
+        if not self.server.started:
+            self.stop()
+            raise RuntimeError("the collector did not start")
         return self
 
     def _serve_in_thread(self, started: threading.Event) -> None:
