@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -28,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +49,8 @@ SIZES = {
     "burst_calls": (100_000, 10_000),
     "ingest_events": (8000, 800),
     "idle_connections": (2000, 200),
-    "report_events": (1_000_000, 20_000),
+    "store_events": (10_000_000, 20_000),
+    "store_devices": (5_000, 50),
 }
 TARGETS = {
     "cell_ratio": 1.03,
@@ -59,7 +61,8 @@ TARGETS = {
     "drain_vs_gem": 4.0,
     "burst_rss_mb": 5.0,
     "ingest_events_per_s": 3000,
-    "report_s": 2.0,
+    "store_report_s": 1.0,
+    "pg_ingest_events_per_s": 1703,  # the http.server collector's SQLite figure before this version
 }
 SHUTDOWN_TIMEOUT = 1.0  # the default, which the exit rows are measured against
 #: The last http.server collector (before the ASGI one): loaded from git history for the
@@ -165,6 +168,12 @@ def baseline_collector(work: Path) -> Path | None:
     path = work / "baseline_collector.py"
     path.write_text(source)
     return path
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (Linux /proc), all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_figures(pid: int) -> dict[str, int]:
@@ -483,6 +492,22 @@ def child_ingest(args: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "events": per_client * args["clients"], "errors": errors[0]}
 
 
+def child_pg_batches(args: dict[str, Any]) -> dict[str, Any]:
+    """The store's own rate into PostgreSQL: batches of `batch` events, each a durable commit."""
+    from clacky_ipy import payload
+    from clacky_ipy.store import open_store, utc_now
+
+    fields = payload.clean("task", {"device_id": "d" * 64, "trigger": "api", "status": "success", "duration_ms": 900})
+    store = open_store(args["url"])
+    n, size = args["events"], args["batch"]
+    t0 = time.perf_counter()
+    for _ in range(n // size):
+        store.add_batch([(utc_now(), "task", fields)] * size)
+    seconds = time.perf_counter() - t0
+    store.close()
+    return {"events": n // size * size, "seconds": seconds}
+
+
 CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "cells": child_cells,
     "load": child_load,
@@ -492,6 +517,7 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "gem_design": child_gem_design,
     "burst": child_burst,
     "ingest": child_ingest,
+    "pg_batches": child_pg_batches,
 }
 
 
@@ -732,7 +758,6 @@ class Bench:
     def collector(self) -> None:
         self.ingest()
         self.idle()
-        self.report()
 
     def ingest(self) -> None:
         print("collector ingest (8 concurrent clients), today's and the http.server one ...", flush=True)
@@ -743,8 +768,14 @@ class Bench:
             if name.startswith("http.server") and source is None:
                 continue
             db = self.work / f"ingest-{len(rates)}.db"
-            with collector_process(db, source) as url:
+            servers = collector_processes(db, source)
+            url, proc = next(servers), next(servers)
+            try:
+                cpu0 = cpu_seconds(proc.pid)
                 r = run_child("ingest", {"url": url, "events": n, "clients": 8}, child_env(self.home("ingest"), url))
+                cpu_us = (cpu_seconds(proc.pid) - cpu0) / r["events"] * 1e6
+            finally:
+                servers.close()
             kept = stored(db)
             rate = rates[name] = r["events"] / r["seconds"]
             self.results.setdefault("ingest", {})[name] = {
@@ -752,11 +783,12 @@ class Bench:
                 "seconds": r["seconds"],
                 "errors": r["errors"],
                 "stored": kept,
+                "server_cpu_us_per_event": cpu_us,
             }
             last = source is None
             self.row(
                 f"collector ingest, 8 keep-alive clients, SQLite: {name}",
-                f"{rate:.0f} events/s; stored {kept}/{r['events']}"
+                f"{rate:.0f} events/s, {cpu_us:.0f} µs server CPU each; stored {kept}/{r['events']}"
                 + (f"; x{rate / rates['http.server (before)']:.1f}" if last and len(rates) > 1 else ""),
                 f">= {TARGETS['ingest_events_per_s']}/s" if last else "-",
                 (rate >= TARGETS["ingest_events_per_s"] and kept == r["events"] and r["errors"] == 0) if last else None,
@@ -821,80 +853,209 @@ class Bench:
                 (held["Threads"] <= before["Threads"] + 2 and status == 201 and took < 2) if last else None,
             )
 
+    # ---------------------------------------------------------------------------------------
     def report(self) -> None:
-        print("report on stored events ...", flush=True)
-        events = self.size("report_events")
-        big = self.work / "report.db"
-        t0 = time.perf_counter()
-        fill(big, events)
-        fill_s = time.perf_counter() - t0
-        timings = []
-        for _ in range(3):
+        """Reports from rollups at ten million events beside today's code, rebuild, PostgreSQL."""
+        n, devices, days = self.size("store_events"), self.size("store_devices"), 90
+        print(f"store: {n:,} events ({devices} devices, {days} days), SQLite and PostgreSQL ...", flush=True)
+        sys.path.insert(0, str(ROOT / "tests"))  # legacy.py: the store and report before rollups
+        from legacy import old_build
+
+        old = cached_old_sqlite(self.work, self.quick, n, devices, days)
+        before = {}
+        for name, flags in REPORTS.items():
             t0 = time.perf_counter()
-            proc = subprocess.run(
-                [PYTHON, "-m", "clacky_ipy", "report", "--db", str(big)],
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                capture_output=True,
-                text=True,
+            old_build(old, days=30 if "--days" in flags else None, exclude_ci="--exclude-ci" in flags)
+            before[name] = time.perf_counter() - t0
+        db = self.work / "store.db"
+        shutil.copyfile(old, db)
+        rebuilt, _ = timed_command("rebuild", "--db", str(db), repeat=1)
+        self.results["store_sqlite"] = {"events": n, "before_s": before, "rebuild_s": rebuilt}
+        self.row(f"rebuild of {n:,} raw events, SQLite", f"{rebuilt:.1f} s (whole command)", "report it", None)
+        self._reports("SQLite", str(db), n, before)
+
+        from pgserver import Cluster, server_binaries
+
+        bindir = server_binaries()
+        if bindir is None:
+            print("  (no PostgreSQL server binaries: the PostgreSQL rows are skipped)")
+            return
+        settings = ["shared_buffers=512MB", "max_wal_size=8GB", "work_mem=64MB"]
+        with Cluster(bindir, durable=True, settings=settings) as cluster:  # fsync and synchronous_commit on
+            import psycopg
+
+            from clacky_ipy.store import open_store
+
+            url = cluster.url()
+            open_store(url).close()
+            t0 = time.perf_counter()
+            con = psycopg.connect(url, autocommit=True)
+            model_list = ", ".join(f"'{m}'" for m in MODELS)
+            con.execute(
+                POSTGRES_EVENTS.format(n=n, days=days, devices=devices, columns=GENERATED, model_list=model_list)
             )
-            timings.append(time.perf_counter() - t0)
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr)
+            con.close()
+            generated = time.perf_counter() - t0
+            print(f"  (generated {n:,} events in PostgreSQL in {generated:.0f} s)", flush=True)
+            rebuilt, _ = timed_command("rebuild", "--db", url, repeat=1)
+            self.results["store_postgres"] = {"events": n, "generate_s": generated, "rebuild_s": rebuilt}
+            self.row(f"rebuild of {n:,} raw events, PostgreSQL", f"{rebuilt:.1f} s (whole command)", "report it", None)
+            self._reports("PostgreSQL", url, n, None)
+
+            ingest = self.size("ingest_events")
+            batched = run_child("pg_batches", {"url": cluster.url(), "events": ingest, "batch": 64}, dict(os.environ))
+            with collector_process(cluster.url()) as collector_url:  # type: ignore[arg-type]
+                r = run_child(
+                    "ingest",
+                    {"url": collector_url, "events": ingest, "clients": 8},
+                    child_env(self.home("pg-ingest"), collector_url),
+                )
+            rate = r["events"] / r["seconds"]
+            store_rate = batched["events"] / batched["seconds"]
+            self.results["store_postgres"]["ingest"] = {**r, "store_batches_of_64": batched}
+            self.row(
+                f"collector ingest into PostgreSQL, 8 keep-alive clients, durable commits ({r['events']} events)",
+                f"{rate:.0f} events/s, {r['errors']} errors; the store alone in batches of 64: {store_rate:.0f}/s",
+                f">= {TARGETS['pg_ingest_events_per_s']}/s (today's SQLite)",
+                rate >= TARGETS["pg_ingest_events_per_s"] and r["errors"] == 0,
+            )
+
+    def _reports(self, engine: str, db: str, n: int, before: dict[str, float] | None) -> None:
+        """The three report rows on `db`: the whole command, median of 3 (and today's code beside it)."""
         from clacky_ipy import report
 
-        t0 = time.perf_counter()
-        report.build(big)
-        build_s = time.perf_counter() - t0
-        took = statistics.median(timings)
-        self.results["report"] = {"events": events, "fill_s": fill_s, "command_s": timings, "build_s": build_s}
-        self.row(
-            f"clacky-ipy report on {events:,} events",
-            f"{took:.2f} s (whole command, median of 3); queries {build_s:.2f} s",
-            f"<= {TARGETS['report_s']:.0f} s",
-            took <= TARGETS["report_s"],
-        )
-
-
-def fill(db: Path, n: int, devices: int = 2000, days: int = 30) -> None:
-    """`n` plausible events straight into a collector's table (bulk, not over HTTP)."""
-    from clacky_ipy import payload
-    from clacky_ipy.store import open_store, rebuild
-
-    open_store(db).close()  # the collector's own schema
-    rng = random.Random(1)
-    now = datetime.now(timezone.utc)
-    ids = [f"{i:064x}" for i in range(devices)]
-    models = ["claude-sonnet-4", "gpt-5", "deepseek-v3", "qwen3-coder"]
-    keys = list(payload.COLUMNS)
-    sql = f"INSERT INTO events (received_at, kind, {', '.join(keys)}) VALUES ({', '.join('?' * (len(keys) + 2))})"
-
-    def rows() -> Iterator[list[Any]]:
-        for _ in range(n):
-            at = (now - timedelta(seconds=rng.random() * days * 86400)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            row = dict.fromkeys(keys)
-            row.update(device_id=rng.choice(ids), version="0.1.0", ci=rng.random() < 0.1, frontend="jupyter")
-            if rng.random() < 0.05:
-                row.update(os="linux", python_version="3.11.7", launch_source="cli")
-                yield [at, "startup", *row.values()]
-                continue
-            status = "error" if rng.random() < 0.1 else "success"
-            row.update(
-                trigger=rng.choice(payload.TRIGGERS),
-                status=status,
-                duration_ms=int(rng.expovariate(1 / 5000)),
-                model=rng.choice(models),
-                provider="anthropic",
-                cost_usd=round(rng.random() / 10, 4),
-                prompt_tokens=rng.randrange(100, 5000),
-                completion_tokens=rng.randrange(10, 1000),
+        got = {}
+        for name, flags in REPORTS.items():
+            took, out = timed_command("report", "--db", db, "--format", "json", *flags)
+            builds = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                report.build(db, days=30 if "--days" in flags else None, exclude_ci="--exclude-ci" in flags)
+                builds.append(time.perf_counter() - t0)
+            build = statistics.median(builds)
+            got[name] = {"command_s": took, "build_s": build}
+            if before:
+                then = f"; today's build() {before[name]:.2f} s: x{before[name] / build:.0f}"
+            else:
+                then = "; today: SQLite only"
+            self.row(
+                f"report at {n:,} events, {engine}: {name}",
+                f"{took:.2f} s whole command, build() {build:.3f} s (medians of 3){then}; "
+                f"{json.loads(out)['tasks']:,} tasks",
+                f"<= {TARGETS['store_report_s']:.0f} s",
+                took <= TARGETS["store_report_s"],
             )
-            yield [at, "task", *row.values()]
+        self.results["store_postgres" if engine == "PostgreSQL" else "store_sqlite"]["report_s"] = got
 
-    con = sqlite3.connect(db)
+
+# -- the store: reports from rollups at ten million events, rebuild, PostgreSQL ---------------
+#: The generated events' columns, and each one's value in SQL from per-row random numbers
+#: (SQLite: `a` and `b`, non-negative 63-bit integers; PostgreSQL: floats r1..r4 in [0, 1)).
+GENERATED = (
+    "received_at, kind, device_id, version, frontend, ci, os, python_version, launch_source, "
+    "trigger, status, duration_ms, model, provider, cost_usd, prompt_tokens, completion_tokens"
+)
+MODELS = ("claude-sonnet-4", "gpt-5", "deepseek-v3", "qwen3-coder")
+#: events: 5 % startups, 10 % from CI, 10 % of tasks failed; durations skewed below 10 s.
+SQLITE_EVENTS = """
+WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}),
+e AS (SELECT a, b, (a / 97) % 100 >= 5 AS task
+      FROM (SELECT abs(random()) AS a, abs(random()) AS b FROM s))
+INSERT INTO events ({columns})
+SELECT date('now', '-' || (a % {days}) || ' days') || 'T'
+         || printf('%02d:%02d:%02d.%06dZ', b % 24, (b / 24) % 60, (b / 1440) % 60, (b / 86400) % 1000000),
+       CASE WHEN task THEN 'task' ELSE 'startup' END,
+       printf('%064x', (a / 9700) % {devices}), '0.1.0', 'jupyter',
+       CASE WHEN (b / 86400000000) % 10 = 0 THEN 1 ELSE 0 END,
+       CASE WHEN task THEN NULL ELSE 'linux' END,
+       CASE WHEN task THEN NULL ELSE '3.11.7' END,
+       CASE WHEN task THEN NULL ELSE 'cli' END,
+       CASE WHEN task THEN CASE (b / 864000000000) % 3 WHEN 0 THEN 'magic' WHEN 1 THEN 'cell' ELSE 'api' END END,
+       CASE WHEN task THEN CASE WHEN (a / 97000000) % 10 = 0 THEN 'error' ELSE 'success' END END,
+       CASE WHEN task THEN ((a / 970000000) % 100) * ((a / 97000000000) % 100) + (b / 2592000000000) % 100 END,
+       CASE WHEN task THEN CASE (a / 9700000000000) % 4 {models} END END,
+       CASE WHEN task THEN 'anthropic' END,
+       CASE WHEN task THEN ((b / 7776000000000) % 1000) / 10000.0 END,
+       CASE WHEN task THEN 100 + (a / 38800000000000) % 4900 END,
+       CASE WHEN task THEN 10 + (b / 7776000000000000) % 990 END
+FROM e
+"""
+POSTGRES_EVENTS = """
+INSERT INTO events ({columns})
+SELECT to_char(date_trunc('day', now() AT TIME ZONE 'UTC') - floor(r1 * {days}) * interval '1 day'
+               + r2 * interval '1 day', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       CASE WHEN task THEN 'task' ELSE 'startup' END,
+       lpad(to_hex(floor(r3 * {devices})::int), 64, '0'), '0.1.0', 'jupyter',
+       CASE WHEN r4 < 0.1 THEN 1 ELSE 0 END,
+       CASE WHEN task THEN NULL ELSE 'linux' END,
+       CASE WHEN task THEN NULL ELSE '3.11.7' END,
+       CASE WHEN task THEN NULL ELSE 'cli' END,
+       CASE WHEN task THEN (ARRAY['magic', 'cell', 'api'])[1 + floor(r5 * 3)::int] END,
+       CASE WHEN task THEN CASE WHEN r6 < 0.1 THEN 'error' ELSE 'success' END END,
+       CASE WHEN task THEN floor(r7 * 100) * floor(r8 * 100) + floor(r9 * 100) END,
+       CASE WHEN task THEN (ARRAY[{model_list}])[1 + floor(r5 * 4)::int] END,
+       CASE WHEN task THEN 'anthropic' END,
+       CASE WHEN task THEN round((r2 * 0.1)::numeric, 4) END,
+       CASE WHEN task THEN 100 + floor(r8 * 4900) END,
+       CASE WHEN task THEN 10 + floor(r9 * 990) END
+FROM (SELECT random() >= 0.05 AS task, random() AS r1, random() AS r2, random() AS r3, random() AS r4,
+             random() AS r5, random() AS r6, random() AS r7, random() AS r8, random() AS r9
+      FROM generate_series(1, {n})) AS g
+"""
+
+
+def generate_old_sqlite(path: Path, n: int, devices: int, days: int) -> None:
+    """`n` events in SQL (a recursive CTE), in the layout and with the indexes of the version before rollups."""
+    from legacy import INDEXES, OldStore
+
+    part = path.with_name(path.name + ".part")
+    part.unlink(missing_ok=True)
+    OldStore(part).close()
+    con = sqlite3.connect(part)
+    for name in INDEXES:  # built after the rows: faster than kept up row by row
+        con.execute(f"DROP INDEX {name}")
+    models = " ".join(f"WHEN {i} THEN '{m}'" for i, m in enumerate(MODELS[:-1])) + f" ELSE '{MODELS[-1]}'"
     with con:
-        con.executemany(sql, rows())
+        con.execute(SQLITE_EVENTS.format(n=n, days=days, devices=devices, columns=GENERATED, models=models))
+    with con:
+        for name, definition in INDEXES.items():
+            con.execute(f"CREATE INDEX {name} ON events {definition}")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
-    rebuild(db)  # the rollups of the rows inserted behind the store's back
+    part.rename(path)
+
+
+def cached_old_sqlite(work: Path, quick: bool, n: int, devices: int, days: int) -> Path:
+    """The generated database, kept between full runs (in CLACKY_BENCH_CACHE, default ~/.cache)."""
+    folder = work if quick else Path(os.environ.get("CLACKY_BENCH_CACHE", Path.home() / ".cache" / "clacky-ipy-bench"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"events-old-layout-{n}-{devices}-{days}-v1.db"
+    if not path.exists():
+        t0 = time.perf_counter()
+        generate_old_sqlite(path, n, devices, days)
+        print(f"  (generated {n:,} events in {time.perf_counter() - t0:.0f} s: {path})", flush=True)
+    return path
+
+
+def timed_command(*args: str, repeat: int = 3) -> tuple[float, str]:
+    """Median wall time of `python -m clacky_ipy ARGS` (a fresh process each time), and its stdout."""
+    timings, out = [], ""
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [PYTHON, "-m", "clacky_ipy", *args],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+        )
+        timings.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"clacky-ipy {' '.join(args)}: {proc.stderr}")
+        out = proc.stdout
+    return statistics.median(timings), out
+
+
+REPORTS = {"all": [], "--days 30": ["--days", "30"], "--exclude-ci": ["--exclude-ci"]}
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -953,9 +1114,9 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], quick: bool) -> s
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("cells", "load", "endpoints", "drain", "burst", "collector")
+SECTIONS = ("cells", "load", "endpoints", "drain", "burst", "collector", "report")
 #: Parts of a section that can also run alone (`--only ingest`).
-PARTS = ("ingest", "idle", "report")
+PARTS = ("ingest", "idle")
 
 
 def main(argv: list[str] | None = None) -> int:

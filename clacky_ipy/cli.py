@@ -47,7 +47,7 @@ def _collect(args: argparse.Namespace) -> int:
             flush=True,
         )
     collector.configure_logging(args.verbose)
-    print(f"clacky-ipy collector on {server.url}, storing in {args.db} (Ctrl-C to stop)", flush=True)
+    print(f"clacky-ipy collector on {server.url}, storing in {server.store.path} (Ctrl-C to stop)", flush=True)
     try:
         server.serve()  # SIGINT and SIGTERM: stop accepting, answer what was read, commit, close
     except KeyboardInterrupt:  # a signal before the server took them over
@@ -187,8 +187,10 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     t.set_defaults(func=_telemetry)
 
-    c = sub.add_parser("collect", help="run the reference collector (SQLite)")
-    c.add_argument("--db", default="clacky-events.db", help="SQLite file (default: clacky-events.db)")
+    c = sub.add_parser("collect", help="run the reference collector (SQLite or PostgreSQL)")
+    c.add_argument(
+        "--db", default="clacky-events.db", help="SQLite file or postgresql:// URL (default: clacky-events.db)"
+    )
     c.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     c.add_argument(
         "--port", type=_bounded(int, 0, 65535, "a port"), default=8765, help="port (default: 8765; 0 picks a free one)"

@@ -3,7 +3,9 @@
 The extension attaches its `ClackyTelemetry` here; without IPython a default one
 built from the environment is used, so the Python API works in plain scripts.
 `submit()` is the only thing the user's thread runs per event: an opt-out check and
-a queue put. The payload is completed and cleaned on the worker thread.
+a queue put of a small tuple. Everything else about the event (status, error class,
+rounding, the agent's metrics, the extension-cell check) and the payload are worked
+out on the worker thread, so a cell never pays for them.
 
 Nothing leaves before the first-run notice was displayed: while it is pending, events
 wait here, in memory and bounded, and go to the transport only once the notice was
@@ -40,7 +42,7 @@ from .identity import (
     launch_source,
 )
 from .status import device_id_source
-from .transport import Plan, Transport
+from .transport import SKIP, Plan, Transport
 
 __version__ = "0.1.0"
 USER_AGENT = f"clacky-ipy/{__version__}"
@@ -48,6 +50,14 @@ USER_AGENT = f"clacky-ipy/{__version__}"
 #: How many outcomes ``%clacky_telemetry log`` / `recent()` keep, in memory only.
 LOG_SIZE = 100
 WAITING = "waiting for the notice"
+
+#: The error of an interrupted async cell, for which ipykernel passes no result.
+INTERRUPTED = KeyboardInterrupt()
+
+
+def is_extension_cell(raw_cell: Any) -> bool:
+    """The cell that (re)loads this extension is never tracked."""
+    return isinstance(raw_cell, str) and "load_ext" in raw_cell and "clacky_ipy" in raw_cell
 
 
 class Client:
@@ -143,6 +153,7 @@ class Client:
             self._config_off = None
         self._debug = config.debug
         self.transport.max_queue_size = config.max_queue_size
+        self.transport.max_connections = config.max_connections
         self._on_or_off(was_off)
 
     def _on_or_off(self, was_off: str | None) -> None:
@@ -212,13 +223,15 @@ class Client:
         return error
 
     # -- events ------------------------------------------------------------------
-    def submit(self, event: str, fields: dict[str, Any]) -> bool:
+    def submit(self, event: str, data: Any, made_at: float | None = None) -> bool:
         """Queue one event unless telemetry is off now. Never raises, never blocks.
 
-        Checked here, when the event happens (an opt-out covers what happened while
-        it was set), and again by the worker just before sending. The first event
-        without the extension attaches the default configuration (environment,
-        persisted opt-out, debug), so that even it is printed instead of sent in debug.
+        `data` is the event's fields, or for a task the tuple `task_fields` turns into
+        them on the worker. The opt-out is checked here, when the event happens (an
+        opt-out covers what happened while it was set), and again by the worker just
+        before sending. The first event without the extension attaches the default
+        configuration (environment, persisted opt-out, debug), so that even it is
+        printed instead of sent in debug.
         """
         if self._config is None:
             self.config  # noqa: B018 - attaches the default configuration
@@ -227,10 +240,10 @@ class Client:
         if self.startup_pending and event != "startup":
             self.startup()
         if self._debug:
-            return self._print(event, fields)
+            return self._print(event, data)
         if self.notice_pending:
-            return self._hold(event, fields)
-        return self.transport.submit(event, fields)
+            return self._hold(event, data)
+        return self.transport.submit(event, data, made_at)
 
     # -- the notice: nothing leaves before it was displayed ------------------------
     def _hold(self, event: str, fields: dict[str, Any]) -> bool:
@@ -312,21 +325,47 @@ class Client:
         result: Any = None,
         fields: dict[str, Any] | None = None,
     ) -> bool:
-        """A task event from what happened: the result's metrics win, `fields` fill what it lacks,
-        and a measured duration wins over both."""
+        """A task event from what happened; `task_fields` works it out on the worker."""
+        return self.submit("task", (trigger, error, measured_ms, result, fields, None))
+
+    def cell(self, info: Any, error: BaseException | None, start: float, end: float) -> bool:
+        """A tracked cell (the post_run_cell hook): a time and a tuple, nothing more here."""
+        return self.submit("task", ("cell", error, (start, end), None, None, info), end)
+
+    @staticmethod
+    def task_fields(data: Any) -> dict[str, Any] | None:
+        """A task's fields from what happened (None: not an event, the extension's own cell).
+
+        The result's metrics win, `fields` fill what it lacks, and a measured duration
+        (milliseconds, or a (start, end) pair of perf_counter times) wins over both.
+        Runs on the worker: the user's objects are read here, never in a cell's hook.
+        """
+        if not isinstance(data, tuple):
+            return data
+        trigger, error, measured, result, fields, info = data
+        if info is not None and is_extension_cell(getattr(info, "raw_cell", None)):
+            return None
         event = {**fields, **payload.task_metrics(result)} if fields else payload.task_metrics(result)
         event["trigger"] = trigger
         event["status"] = payload.status_of(error, event.get("status"))
         if event["status"] == "error" and error is not None:
             event["error_kind"] = payload.error_kind(error)
-        if measured_ms is not None:
-            event["duration_ms"] = measured_ms
-        return self.submit("task", event)
+        if isinstance(measured, tuple):
+            measured = round((measured[1] - measured[0]) * 1000)
+        if measured is not None:
+            event["duration_ms"] = measured
+        return event
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for the queue; False also while events wait for the notice (they cannot leave yet)."""
         drained = self.transport.flush(self.config.shutdown_timeout if timeout is None else timeout)
         return drained and not self.waiting
+
+    def after_fork_in_child(self) -> None:
+        """A forked child has no worker: fresh queue and threads, and fresh locks, since the
+        parent's worker may have held one (reading a slow brand.yml) at the fork."""
+        self._context_lock = threading.Lock()
+        self.transport.after_fork_in_child()
 
     # -- payloads ------------------------------------------------------------------
     def context(self) -> dict[str, Any]:
@@ -377,7 +416,7 @@ class Client:
         """The payload exactly as sent: shared context, then the event's fields, cleaned."""
         return payload.clean(event, {**self.context(), "frontend": self.frontend, **fields})
 
-    def _plan(self, event: str, fields: dict[str, Any]) -> Plan | None:
+    def _plan(self, event: str, data: Any) -> Plan | None:
         """Called by the worker just before sending: the opt-out is checked again here,
         and the policy files too (a stat each: the worker can afford it, the cell cannot)."""
         if self.off_reason():
@@ -386,13 +425,19 @@ class Client:
         if policy:
             self._policy_off = policy
             return None
+        fields = self.task_fields(data)
+        if fields is None:
+            return SKIP
         config = self.config
         hosts = (config.endpoint, *config.fallback_endpoints)
         return Plan(self.build(event, fields), hosts, config.timeout, USER_AGENT)
 
-    def _print(self, event: str, fields: dict[str, Any]) -> bool:
+    def _print(self, event: str, data: Any) -> bool:
         """Debug mode: one JSON line on stderr instead of a request."""
         try:
+            fields = self.task_fields(data)
+            if fields is None:
+                return False
             built = self.build(event, fields)
             line = json.dumps({"event": event, "payload": built}, sort_keys=True)
             print(line, file=sys.stderr, flush=True)
@@ -416,7 +461,10 @@ class Client:
         entries = list(self.log)
         with self._held_lock:
             held = list(self._held)
-        for when, event, fields in held:
+        for when, event, data in held:
+            fields = self.task_fields(data)
+            if fields is None:
+                continue  # the extension's own cell: never an event
             body = json.dumps(self.build(event, fields), separators=(",", ":"), allow_nan=False).encode()
             entries.append((when, event, payload.PATHS[event], body, WAITING))
         n = max(0, min(n, LOG_SIZE))
@@ -461,10 +509,7 @@ class Client:
             **self.switches(),
             "track_cells": config.track_cells,
             "debug": self._debug,
-            "queued": self.transport.queued,
-            "sent": self.transport.sent,
-            "failed": self.transport.failed,
-            "dropped": self.transport.dropped,
+            **self.transport.counters(),  # queued, in_flight, sent, failed, dropped
             "printed": self.printed,
             "paused_seconds": round(paused, 1),
             "last_error": self.transport.last_error,
@@ -472,7 +517,7 @@ class Client:
 
 
 CLIENT = Client()
-os.register_at_fork(after_in_child=CLIENT.transport.reset)
+os.register_at_fork(after_in_child=CLIENT.after_fork_in_child)
 os.register_at_fork(after_in_child=CLIENT.forget_process_state)
 
 

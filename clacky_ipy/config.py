@@ -199,6 +199,11 @@ class ClackyTelemetry(Configurable):
     max_queue_size = Int(1000, help="Bound of the in-memory queue; when full, new events are dropped and counted.").tag(
         config=True
     )
+    max_connections = Int(
+        4,
+        help="The most requests in flight at once while events wait, each on its own keep-alive "
+        "connection. With nothing waiting there is one connection and one thread.",
+    ).tag(config=True)
     debug = Bool(
         help="Write each event to stderr as one JSON line instead of sending it "
         "(default: True when CLACKY_TELEMETRY_DEBUG is 1/true)."
@@ -257,10 +262,10 @@ class ClackyTelemetry(Configurable):
             raise TraitError(f"{name} must be a positive number of seconds, at most {most:g}")
         return proposal.value
 
-    @validate("max_queue_size")
-    def _check_queue_size(self, proposal: Any) -> int:
+    @validate("max_queue_size", "max_connections")
+    def _check_positive(self, proposal: Any) -> int:
         if proposal.value < 1:
-            raise TraitError("max_queue_size must be a positive integer")
+            raise TraitError(f"{proposal.trait.name} must be a positive integer")
         return proposal.value
 
     @observe("endpoint")

@@ -3,7 +3,8 @@
 The hooks are the hot path, and they are registered only while they can send
 something (``track_cells`` on and no switch of this process off): otherwise a
 cell costs nothing at all. ``pre_run_cell`` records a start time and
-``post_run_cell`` queues one small dict when the finished cell is top-level.
+``post_run_cell`` queues one small tuple when the finished cell is top-level: the
+status, the rounding and the extension-cell check happen on the worker.
 Each run is matched by its ``ExecutionInfo``, so the cell that loaded the
 extension (a post without a pre) and a magic's nested run are never counted.
 
@@ -27,7 +28,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
-from .client import CLIENT, LOG_SIZE
+from .client import CLIENT, INTERRUPTED, LOG_SIZE
 from .config import ClackyTelemetry, saved_choice_path
 from .identity import detect_frontend
 from .notice import NOTICE
@@ -71,11 +72,6 @@ def _running_cell(shell: Any) -> Any:
     return getattr(shell.displayhook.exec_result, "info", None)
 
 
-def _is_extension_cell(info: Any) -> bool:
-    raw = getattr(info, "raw_cell", None) or ""
-    return "load_ext" in raw and "clacky_ipy" in raw
-
-
 @magics_class
 class ClackyMagics(Magics):
     """``%%clacky``, ``%clacky`` and ``%clacky_telemetry``, plus the cell hooks."""
@@ -104,6 +100,7 @@ class ClackyMagics(Magics):
         self._frames.append((info, perf_counter()))
 
     def post_run_cell(self, result: Any) -> None:
+        end = perf_counter()
         try:
             frames = self._frames
             if not frames or (result is not None and frames[-1][0] is not result.info):
@@ -112,11 +109,11 @@ class ClackyMagics(Magics):
             if frames:
                 return  # a nested run, e.g. the body of %%clacky
             claimed, self._claimed = self._claimed, False
-            if claimed or (self._marked and self._marked[-1][0] is info) or _is_extension_cell(info):
+            if claimed or (self._marked and self._marked[-1][0] is info):
                 return  # a %%clacky cell sends its own event
             # ipykernel passes None for an interrupted async cell
-            error = KeyboardInterrupt() if result is None else (result.error_before_exec or result.error_in_exec)
-            CLIENT.task("cell", error, round((perf_counter() - start) * 1000))
+            error = INTERRUPTED if result is None else (result.error_before_exec or result.error_in_exec)
+            CLIENT.cell(info, error, start, end)
         except Exception:
             pass  # a hook that raises prints a traceback on every cell
 

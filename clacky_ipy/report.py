@@ -24,16 +24,20 @@ from . import safe, store
 TOKEN_COLUMNS = store.SUMS[1:]
 
 #: The report's queries: over rollups only (see store.py), so a report costs the same at ten
-#: thousand or ten million events. Every one takes the same two filters: the first day of the
-#: window ('' for everything) and the CI flag left out (1 for --exclude-ci, else none: 2).
+#: thousand or ten million events. Each takes the window's first day ('' for everything) and a
+#: CI parameter: rows with ci <> it (1 with --exclude-ci, else 2: none left out), or the weight
+#: of CI events (0 with --exclude-ci, else 1).
 QUERIES = {
     # per day and kind: counts and the sums of cost and tokens (summed again in Python: exact)
     "sums": "SELECT day, kind, ci, events, cost_n, " + ", ".join(store.SUMS) + " FROM rollup_daily "
     "WHERE dim = 'all' AND day >= ? AND ci <> ?",
     "dims": "SELECT kind, dim, key, SUM(events) FROM rollup_daily WHERE dim <> 'all' AND day >= ? AND ci <> ? "
     "GROUP BY kind, dim, key",
-    "active": "SELECT day, COUNT(DISTINCT device_id) FROM rollup_device_days WHERE day >= ? AND ci <> ? GROUP BY day",
-    "devices": "SELECT COUNT(DISTINCT device_id) FROM rollup_device_days WHERE startups > 0 AND day >= ? AND ci <> ?",
+    # one row per device and day; CI events weigh 0 with --exclude-ci (the second parameter), else 1
+    "active": "SELECT day, COUNT(*) FROM rollup_device_days "
+    "WHERE day >= ? AND startups + tasks + ? * (ci_startups + ci_tasks) > 0 GROUP BY day",
+    "devices": "SELECT COUNT(*) FROM (SELECT device_id FROM rollup_device_days "
+    "WHERE day >= ? AND startups + ? * ci_startups > 0 GROUP BY device_id) AS seen",
     "new_devices": "SELECT COUNT(*) FROM (SELECT device_id FROM rollup_devices WHERE ci <> ? "
     "GROUP BY device_id HAVING MIN(first_seen) >= ?) AS first",
     "durations": "SELECT status, bucket, SUM(n), MIN(lo), MAX(hi) FROM rollup_durations WHERE day >= ? AND ci <> ? "
@@ -105,11 +109,12 @@ def build(
     ours or not yet rebuilt raises `store.StoreError` (one line for the operator).
     """
     since = first_day(days, now)
-    window = [since, 1 if exclude_ci else 2]
+    window = [since, 1 if exclude_ci else 2]  # rollup rows with ci <> this: 1 (CI) left out, or none
+    ci_weight = 0 if exclude_ci else 1
     db_store = store.open_store(db, create=False)
     try:
-        got = {name: db_store.query(sql, window) for name, sql in QUERIES.items() if name != "new_devices"}
-        got["new_devices"] = db_store.query(QUERIES["new_devices"], [window[1], since])
+        params = {"new_devices": [window[1], since], "active": [since, ci_weight], "devices": [since, ci_weight]}
+        got = {name: db_store.query(sql, params.get(name, window)) for name, sql in QUERIES.items()}
     finally:
         db_store.close()
 

@@ -57,7 +57,9 @@ def status_text(status: Mapping[str, Any]) -> str:
         return mask_credentials("\n".join(lines))
     lines += [
         f"track_cells:  {status['track_cells']}",
-        "Events:       queued {queued}, sent {sent}, failed {failed}, dropped {dropped}".format(**status),
+        "Events:       queued {queued}, sent {sent}, failed {failed}, dropped {dropped}, in flight {in_flight}".format(
+            **status
+        ),
     ]
     if status["debug"]:
         lines.append(f"Debug:        on: events are printed to stderr, not sent ({status['printed']} printed)")

@@ -12,9 +12,10 @@ figure is read from (so a report costs the same at ten thousand or ten million e
 - ``rollup_daily``: per day, event kind, CI flag and dimension (``all``, status, model,
   provider, trigger, frontend, launch_source) the number of events and the sums of cost
   and tokens;
-- ``rollup_device_days``: which devices were active each day (startups, tasks);
+- ``rollup_device_days``: which devices were active each day (startups and tasks, from CI
+  and not), one row per device and day;
 - ``rollup_devices``: each device's first and last event;
-- ``rollup_durations``: per day, CI flag and status a log-bucket histogram of
+- ``rollup_durations``: per status, day and CI flag a log-bucket histogram of
   ``duration_ms`` (each bucket's count, smallest and largest value): mergeable across
   days, so percentiles over any window are within `ALPHA` of the true value.
 
@@ -54,7 +55,7 @@ DIMS: dict[str, tuple[str, ...]] = {
     "startup": ("launch_source", "frontend"),
 }
 #: Bumped when the rollups change meaning; a database without it needs `rebuild`.
-SCHEMA = "2"
+SCHEMA = "3"
 
 #: Relative accuracy of the duration histograms' buckets. The report rounds what it shows by
 #: at most another 0.05 %: percentiles are within 0.6 % of the true nearest-rank value.
@@ -88,19 +89,21 @@ ROLLUP_TABLES: dict[str, str] = {
     "rollup_daily": "day TEXT NOT NULL, kind TEXT NOT NULL, ci INTEGER NOT NULL, dim TEXT NOT NULL, "
     f"key TEXT NOT NULL, events BIGINT NOT NULL, cost_n BIGINT NOT NULL, {_SUM_COLUMNS}, "
     "PRIMARY KEY (day, kind, ci, dim, key)",
-    "rollup_device_days": "day TEXT NOT NULL, device_id TEXT NOT NULL, ci INTEGER NOT NULL, "
-    "startups BIGINT NOT NULL, tasks BIGINT NOT NULL, PRIMARY KEY (day, device_id, ci)",
+    # One row per device and day (so a day's active devices are its rows), CI events apart.
+    "rollup_device_days": "day TEXT NOT NULL, device_id TEXT NOT NULL, startups BIGINT NOT NULL, "
+    "tasks BIGINT NOT NULL, ci_startups BIGINT NOT NULL, ci_tasks BIGINT NOT NULL, PRIMARY KEY (day, device_id)",
     "rollup_devices": "device_id TEXT NOT NULL, ci INTEGER NOT NULL, first_seen TEXT NOT NULL, "
     "last_seen TEXT NOT NULL, PRIMARY KEY (device_id, ci)",
-    "rollup_durations": "day TEXT NOT NULL, ci INTEGER NOT NULL, status TEXT NOT NULL, bucket BIGINT NOT NULL, "
+    # Keyed status and bucket first: the report's GROUP BY status, bucket walks the key in order.
+    "rollup_durations": "status TEXT NOT NULL, bucket BIGINT NOT NULL, day TEXT NOT NULL, ci INTEGER NOT NULL, "
     "n BIGINT NOT NULL, lo DOUBLE PRECISION NOT NULL, hi DOUBLE PRECISION NOT NULL, "
-    "PRIMARY KEY (day, ci, status, bucket)",
+    "PRIMARY KEY (status, bucket, day, ci)",
 }
 _KEYS = {
     "rollup_daily": ("day", "kind", "ci", "dim", "key"),
-    "rollup_device_days": ("day", "device_id", "ci"),
+    "rollup_device_days": ("day", "device_id"),
     "rollup_devices": ("device_id", "ci"),
-    "rollup_durations": ("day", "ci", "status", "bucket"),
+    "rollup_durations": ("status", "bucket", "day", "ci"),
 }
 
 
@@ -116,7 +119,7 @@ def _least(table: str, column: str, smaller: bool = True) -> str:
 
 _MERGE = {
     "rollup_daily": [_add("rollup_daily", c) for c in ("events", "cost_n", *SUMS)],
-    "rollup_device_days": [_add("rollup_device_days", c) for c in ("startups", "tasks")],
+    "rollup_device_days": [_add("rollup_device_days", c) for c in ("startups", "tasks", "ci_startups", "ci_tasks")],
     "rollup_devices": [_least("rollup_devices", "first_seen"), _least("rollup_devices", "last_seen", False)],
     "rollup_durations": [
         _add("rollup_durations", "n"),
@@ -126,7 +129,7 @@ _MERGE = {
 }
 _COLUMNS = {
     "rollup_daily": (*_KEYS["rollup_daily"], "events", "cost_n", *SUMS),
-    "rollup_device_days": (*_KEYS["rollup_device_days"], "startups", "tasks"),
+    "rollup_device_days": (*_KEYS["rollup_device_days"], "startups", "tasks", "ci_startups", "ci_tasks"),
     "rollup_devices": (*_KEYS["rollup_devices"], "first_seen", "last_seen"),
     "rollup_durations": (*_KEYS["rollup_durations"], "n", "lo", "hi"),
 }
@@ -289,8 +292,8 @@ def _rollups(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[
                     got[i] += value
         device = fields.get("device_id")
         if device:
-            active = device_days.setdefault((day, device, ci), [0, 0])
-            active[event == "task"] += 1
+            active = device_days.setdefault((day, device), [0, 0, 0, 0])
+            active[2 * (ci == 1) + (event == "task")] += 1
             seen = devices.get((device, ci))
             if seen is None:
                 devices[(device, ci)] = [received_at, received_at]
@@ -298,7 +301,7 @@ def _rollups(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[
                 seen[0], seen[1] = min(seen[0], received_at), max(seen[1], received_at)
         duration = fields.get("duration_ms")
         if event == "task" and duration is not None:
-            key = (day, ci, fields.get("status") or "", bucket(duration))
+            key = (fields.get("status") or "", bucket(duration), day, ci)
             got = durations.get(key)
             if got is None:
                 durations[key] = [1, duration, duration]
@@ -321,7 +324,11 @@ class _Engine:
     table_suffix = ""
     #: The aggregate a rebuild sums raw values with (SQLite's SUM raises on int64 overflow).
     sum_function = "SUM"
-    bucket_sql: str
+    #: `bucket` in SQL, for `rebuild`: the same C log() and double arithmetic, so the same bucket.
+    bucket_sql = (
+        f"CASE WHEN duration_ms > 0 THEN CAST(ceil(ln(CAST(duration_ms AS DOUBLE PRECISION)) / "
+        f"CAST({LN_GAMMA!r} AS DOUBLE PRECISION)) AS BIGINT) ELSE {ZERO_BUCKET} END"
+    )
 
     def connect(self, create: bool) -> None:
         raise NotImplementedError
@@ -421,7 +428,8 @@ class _Engine:
         ci = CI_SQL
         dims = sorted({d for names in DIMS.values() for d in names})
         sums = ", ".join(f"COALESCE({total}({c}), 0) AS {c}" for c in SUMS)
-        out: list[tuple[str, list]] = [(f"DELETE FROM {table}", []) for table in ROLLUP_TABLES]
+        out: list[tuple[str, list]] = [(f"DROP TABLE IF EXISTS {table}", []) for table in ROLLUP_TABLES]
+        out += [(f"CREATE TABLE {t} ({d}){self.table_suffix}", []) for t, d in ROLLUP_TABLES.items()]
         out += [(f"DROP TABLE IF EXISTS {t}", []) for t in ("rebuild_groups", "rebuild_devices")]
         out.append(
             (
@@ -462,8 +470,10 @@ class _Engine:
         )
         out.append(
             (
-                "INSERT INTO rollup_device_days (day, device_id, ci, startups, tasks) "
-                "SELECT day, device_id, ci, startups, tasks FROM rebuild_devices",
+                "INSERT INTO rollup_device_days (day, device_id, startups, tasks, ci_startups, ci_tasks) "
+                "SELECT day, device_id, SUM(CASE WHEN ci = 1 THEN 0 ELSE startups END), "
+                "SUM(CASE WHEN ci = 1 THEN 0 ELSE tasks END), SUM(CASE WHEN ci = 1 THEN startups ELSE 0 END), "
+                "SUM(CASE WHEN ci = 1 THEN tasks ELSE 0 END) FROM rebuild_devices GROUP BY day, device_id",
                 [],
             )
         )
@@ -476,8 +486,8 @@ class _Engine:
         )
         out.append(
             (
-                "INSERT INTO rollup_durations (day, ci, status, bucket, n, lo, hi) "
-                f"SELECT {DAY_SQL}, {ci}, COALESCE(status, ''), {self.bucket_sql}, COUNT(*), "
+                "INSERT INTO rollup_durations (status, bucket, day, ci, n, lo, hi) "
+                f"SELECT COALESCE(status, ''), {self.bucket_sql}, {DAY_SQL}, {ci}, COUNT(*), "
                 "MIN(CAST(duration_ms AS DOUBLE PRECISION)), MAX(CAST(duration_ms AS DOUBLE PRECISION)) "
                 "FROM events WHERE kind = 'task' AND duration_ms IS NOT NULL "
                 f"GROUP BY {DAY_SQL}, {ci}, COALESCE(status, ''), {self.bucket_sql}",
@@ -508,7 +518,6 @@ class _SQLite(_Engine):
 
     id_column = "id INTEGER PRIMARY KEY"
     table_suffix = " WITHOUT ROWID"
-    bucket_sql = "clacky_bucket(duration_ms)"
 
     def __init__(self, path: Path) -> None:
         self.file = path
@@ -528,7 +537,11 @@ class _SQLite(_Engine):
             raise StoreError(f"{path}: an empty file, not a clacky-ipy database")
         try:
             self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-            self.db.create_function("clacky_bucket", 1, _sql_bucket, deterministic=True)
+            try:  # SQLite's math functions (3.35+, when compiled in); else `bucket` itself, slower
+                self.db.execute("SELECT ceil(ln(2.0))")
+            except sqlite3.OperationalError:
+                self.db.create_function("clacky_bucket", 1, _sql_bucket, deterministic=True)
+                self.bucket_sql = "clacky_bucket(duration_ms)"
             self.db.execute("PRAGMA synchronous=NORMAL")  # durable across crashes of this process
             self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB
         except sqlite3.Error as exc:
@@ -573,7 +586,8 @@ class _SQLite(_Engine):
                     db.executemany(sql, params)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # some errors (a full disk) have rolled it back already
+                db.execute("ROLLBACK")
             raise
 
     def _run(self, sql: str) -> None:
@@ -623,10 +637,6 @@ class _Postgres(_Engine):
     """A PostgreSQL database (psycopg 3) shared by any number of collector processes."""
 
     id_column = "id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
-    bucket_sql = (
-        f"CASE WHEN duration_ms > 0 THEN CAST(ceil(ln(CAST(duration_ms AS DOUBLE PRECISION)) / "
-        f"CAST({LN_GAMMA!r} AS DOUBLE PRECISION)) AS BIGINT) ELSE {ZERO_BUCKET} END"
-    )
     #: The schema's and rebuild's transaction-scoped lock: concurrent starts create tables once.
     LOCK_KEY = 0x636C61636B79  # "clacky"
 

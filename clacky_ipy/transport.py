@@ -1,32 +1,61 @@
-"""Delivery: one daemon thread, one bounded queue, one keep-alive session per process.
+"""Delivery: one bounded queue, one worker thread, and under a backlog a few more senders.
 
-The caller's thread only puts a small tuple on a queue. Everything slow — importing
-requests, building the payload, the network — happens on the worker thread, which
-never retries an HTTP error, fails over to the next host only when the connection
-itself failed, and backs off after a 429. Nothing here raises or prints.
+The caller's thread only appends a small tuple to a deque. Everything slow — importing
+requests, building the payload, the network — happens on the worker, which waits while
+the user is busy (events keep coming) and sends when the shell has been idle for
+`IDLE_S`, when `BATCH` events wait, when the oldest has waited `MAX_WAIT_S`, or when
+someone flushes. While events wait, up to ``max_connections`` requests are in flight,
+each on its own keep-alive connection; with nothing waiting there is one thread.
+
+Every request has one deadline (connect to last byte, equal to ``timeout``), reads at
+most `BODY_CAP` bytes of the answer, and fails over to the next host only when the
+request was never written: a stall or reset after that is a failure, never a resend.
+Nothing here raises or prints, whatever the server or the user's values do.
 """
 
 from __future__ import annotations
 
 import atexit
+import http.client
+import io
 import json
 import os
+import socket
+import sys
 import threading
 import time
-from queue import Empty, SimpleQueue
+from collections import deque
+from time import perf_counter
 from typing import Any, Callable, NamedTuple, Optional
 
 from .payload import PATHS
 
-_STOP = object()
 RETRY_AFTER_DEFAULT = 60.0
 RETRY_AFTER_MAX = 300.0
 
-#: Held by a worker during its one-time set-up (importing requests, reading brand.yml).
-#: ``os.fork()`` waits for it, at most FORK_WAIT seconds, so that a child never inherits
-#: a half-imported module: the child would then fail every event (seen on Python 3.9).
+#: Deferral: the worker sends once no event was made for IDLE_S (the shell is idle),
+#: or BATCH events wait, or the oldest has waited MAX_WAIT_S; a flush sends at once.
+IDLE_S = 0.05
+BATCH = 100
+MAX_WAIT_S = 1.0
+
+#: Events waiting, beyond the one the worker sends, before another sender is added: a
+#: couple of events go out one after the other, in order, on one connection.
+BACKLOG = 4
+
+#: The most of an answer's body ever read: the status line decides, the body is not used.
+BODY_CAP = 4096
+
+#: Held by a worker while it imports what the worker uses. ``os.fork()`` waits for it, at
+#: most FORK_WAIT seconds, so that a child never inherits a half-imported module (or a
+#: module lock held by a thread it does not have: its next import would wait for ever).
+#: Files (brand.yml) are read after, without it: a slow read never makes a fork wait.
 _SETUP = threading.Lock()
-FORK_WAIT = 2.0
+FORK_WAIT = 1.0
+
+#: Imported by the worker under _SETUP before anything else, so that no import happens
+#: later on a worker thread (building the context, sending, parsing a Retry-After date).
+WORKER_IMPORTS = ("requests", "yaml", "hashlib", "platform", "socket", "email.utils", "encodings.idna")
 _fork_holds_setup = False
 
 
@@ -57,15 +86,20 @@ class Plan(NamedTuple):
     user_agent: str
 
 
-#: Turns a queued (event, fields) into a Plan, or None when telemetry is now off.
-Planner = Callable[[str, "dict[str, Any]"], Optional[Plan]]
+#: What a planner returns for an item that turned out to be no event (e.g. the cell that
+#: loaded the extension): nothing is sent and nothing is counted.
+SKIP: Any = object()
+
+#: Turns a queued (event, data) into a Plan, SKIP, or None when telemetry is now off.
+Planner = Callable[[str, Any], Optional[Plan]]
 
 #: Told every event's final outcome: ``(event, path, body, outcome)``, where `body` is the
 #: exact bytes sent (None when it was never built) and `outcome` one of ``sent 201``,
 #: ``failed HTTP 500``, ``failed ConnectionError``, ``dropped: queue full``,
-#: ``dropped: paused (429)``, ``dropped: opted out``. It is how a user sees what left
-#: (``%clacky_telemetry log``); it runs on the worker (or the submitting thread for a
-#: full queue) and whatever it raises is ignored.
+#: ``dropped: paused (429)``, ``dropped: opted out``, ``dropped: at exit``. It is how a
+#: user sees what left (``%clacky_telemetry log``); it runs on the worker (or the
+#: submitting thread for a full queue or an event made at exit) and whatever it raises
+#: is ignored.
 OnOutcome = Callable[[str, str, Optional[bytes], str], Any]
 
 
@@ -89,8 +123,188 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float:
     return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
+# -- one deadline per request -------------------------------------------------------------
+class _Request(threading.local):
+    """The request this thread is sending: its deadline, and whether a byte of it was written."""
+
+    deadline: float | None = None
+    written = False
+
+
+_REQUEST = _Request()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, each allowed only what is left of the request's deadline.
+
+    A socket timeout bounds each read; a server dripping a byte per read would
+    otherwise hold the thread for ever.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float, makefile: Any) -> None:
+        self._sock = sock
+        self._deadline = deadline
+        self._makefile = makefile  # http.client's own reader: while open, the socket's fd stays open
+
+    def close(self) -> None:
+        if not self.closed:
+            self._makefile.close()
+        super().close()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("the request's deadline passed")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+class _Response(http.client.HTTPResponse):
+    """http.client's response, reading through a `_DeadlineReader` when a deadline is set."""
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        deadline = _REQUEST.deadline
+        if deadline is not None:
+            self.fp = io.BufferedReader(_DeadlineReader(sock, deadline, self.fp))
+
+
+def _connection_class(base: type) -> type:
+    """`base` (a urllib3 connection) that reads by the deadline and notes when the request is written."""
+
+    class Connection(base):  # type: ignore[misc, valid-type]
+        response_class = _Response
+        _connecting = False
+
+        def connect(self) -> None:
+            self._connecting = True  # a proxy's CONNECT is not the request
+            try:
+                super().connect()
+            finally:
+                self._connecting = False
+
+        def send(self, data: Any) -> None:
+            if self.sock is None and self.auto_open:
+                self.connect()  # refused, DNS, connect timeout, TLS: the server has nothing
+            if not self._connecting:
+                _REQUEST.written = True  # from here on the server may have the event
+            super().send(data)
+
+    return Connection
+
+
+def _new_session(requests: Any) -> Any:
+    """A Session with one keep-alive connection per host, whose connections keep the deadline."""
+    from urllib3 import connection, connectionpool, poolmanager
+
+    class HTTPPool(connectionpool.HTTPConnectionPool):
+        ConnectionCls = _connection_class(connection.HTTPConnection)
+
+    class HTTPSPool(connectionpool.HTTPSConnectionPool):
+        ConnectionCls = _connection_class(connection.HTTPSConnection)
+
+    pools = {"http": HTTPPool, "https": HTTPSPool}
+
+    def use_pools(manager: Any) -> Any:
+        if manager.pool_classes_by_scheme is poolmanager.pool_classes_by_scheme:  # not SOCKS
+            manager.pool_classes_by_scheme = pools
+        return manager
+
+    class Adapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            use_pools(self.poolmanager)
+
+        def proxy_manager_for(self, proxy: Any, **kwargs: Any) -> Any:
+            return use_pools(super().proxy_manager_for(proxy, **kwargs))
+
+    session = requests.Session()
+    session.trust_env = False  # never read ~/.netrc credentials; proxies are added per route
+    adapter = Adapter(pool_connections=4, pool_maxsize=1)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class _Sender:
+    """One thread's session and prepared requests: one keep-alive connection per host."""
+
+    def __init__(self, requests: Any) -> None:
+        self.requests = requests
+        self.session = None if requests is None else _new_session(requests)
+        self.routes: dict[str, tuple[Any, dict[str, str]]] = {}
+
+    def route(self, url: str, user_agent: str) -> tuple[Any, dict[str, str]]:
+        """The prepared request (headers, no body) and the proxies for `url`, built once.
+
+        Sending a copy through ``Session.send`` skips ``Session.request``'s merging of
+        settings, cookies and hooks: 40% of the worker's CPU per event, which is GIL
+        time taken from the user's cells. No cookie is ever sent back to the server.
+        """
+        route = self.routes.get(url)
+        if route is None:
+            headers = {"Content-Type": "application/json", "User-Agent": user_agent}
+            route = self.routes[url] = (
+                self.requests.Request("POST", url, headers=headers).prepare(),
+                self.requests.utils.get_environ_proxies(url),
+            )
+        return route
+
+    def send(self, path: str, plan: Plan, body: bytes, cap: float | None) -> tuple[int | None, str]:
+        """POST `body` to the plan's hosts in order: (status, its Retry-After or "") or
+        (None, the error's name).
+
+        The next host is tried only when nothing of the request was written (refused,
+        DNS, connect timeout, TLS): once it may have been sent, the event is never sent
+        again. `cap` (seconds) shortens the deadline when exit is near.
+        """
+        error = "ConnectionError"
+        for host in plan.hosts:
+            template, proxies = self.route(host + path, plan.user_agent)
+            request = template.copy()
+            request.prepare_body(body, None)
+            timeout = plan.timeout if cap is None else max(0.001, min(plan.timeout, cap))
+            deadline = time.monotonic() + timeout
+            _REQUEST.deadline, _REQUEST.written = deadline, False
+            try:
+                try:
+                    response = self.session.send(
+                        request, timeout=timeout, proxies=proxies, allow_redirects=False, stream=True
+                    )
+                except Exception as exc:
+                    error = type(exc).__name__
+                    if _REQUEST.written:
+                        return None, error  # the server may have it: never sent again
+                    continue
+                try:
+                    response.raw.read(BODY_CAP, decode_content=False)  # all of a small body: the connection is reused
+                except Exception as exc:
+                    if time.monotonic() >= deadline:
+                        return None, type(exc).__name__  # a body slower than the deadline
+                finally:
+                    response.close()  # closes the connection when more was left unread
+                return response.status_code, response.headers.get("Retry-After") or ""
+            finally:
+                _REQUEST.deadline = None
+        return None, error  # no host could be reached
+
+    def close(self) -> None:
+        try:
+            if self.session is not None:
+                self.session.close()
+        except Exception:
+            pass
+
+
+def _finalizing() -> bool:
+    return sys.is_finalizing()
+
+
 class Transport:
-    """A queue and the one thread that drains it. Safe to call from any thread."""
+    """The queue and the threads that drain it. Safe to call from any thread."""
 
     def __init__(
         self,
@@ -104,65 +318,115 @@ class Transport:
         self._warm_up = warm_up
         self._shutdown_timeout = shutdown_timeout
         self.max_queue_size = 1000
-        self._atexit_registered = False
-        self._thread: threading.Thread | None = None
+        self.max_connections = 4
+        self._generation = 0
+        self._bell: threading.Event | None = None
         self.reset()
+        # Registered now (at import, for the process's client), so that it runs after every
+        # atexit handler registered later: their events are still delivered.
+        atexit.register(self._at_exit)
 
-    def reset(self) -> None:
-        """Fresh queue, thread and counters: in a forked child (whose locks may be held
-        and which has no worker thread), and in tests. A running worker is told to stop."""
-        if self._thread is not None and self._thread.is_alive():  # never true in a forked child
-            self._queue.put(_STOP)
-        self._queue: SimpleQueue = SimpleQueue()
-        self._thread = None
+    def reset(self, forked: bool = False) -> None:
+        """Fresh queue, threads, locks and counters: in a forked child (whose locks may be
+        held, and which has no threads), and in tests. Running threads are told to stop."""
+        self._generation += 1
+        old_bell = self._bell
+        if old_bell is not None and not forked:
+            old_bell.set()
+        self._queue: deque = deque()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # an event finished, or a sender stopped
+        self._bell = threading.Event()  # rung when the worker may have something to do
+        self._thread: threading.Thread | None = None
+        self._idle = True  # no worker waits with a timeout: submit() must ring the bell
+        self._urgent = 0  # flushes waiting: send now, on every connection
+        self.threads = 0  # sending threads alive (the worker included)
+        self.in_flight = 0
         self.sent = self.failed = self.dropped = 0
         self.paused_until = 0.0  # time.monotonic() before which events are dropped (429)
         self.last_error: str | None = None
+        self.closed = False  # the exit flush ran: later events are dropped and counted
+
+    def after_fork_in_child(self) -> None:
+        self.reset(forked=True)
 
     # -- caller's side: cheap, never blocks -------------------------------------
-    def submit(self, event: str, fields: dict[str, Any]) -> bool:
-        """Queue one event; False (and counted) when the queue is full."""
-        if self._queue.qsize() >= self.max_queue_size:
-            self._count_dropped()
-            self._outcome(event, None, "dropped: queue full")
+    def submit(self, event: str, data: Any, made_at: float | None = None) -> bool:
+        """Queue one event; False (and counted) when the queue is full or exit is under way."""
+        queue = self._queue
+        if self.closed or _finalizing():
+            self._drop(event, "dropped: at exit")  # no thread may start now, and none would run
             return False
-        self._queue.put((event, fields))
-        if self._thread is None:
-            self._start()
+        if len(queue) >= self.max_queue_size:
+            self._drop(event, "dropped: queue full")
+            return False
+        queue.append((event, data, perf_counter() if made_at is None else made_at))
+        if self._idle or self._thread is None:
+            self._ring()
         return True
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
+
+    def counters(self) -> dict[str, int]:
+        """A consistent snapshot: sent + failed + dropped + queued + in_flight is every event made."""
+        with self._lock:
+            return {
+                "queued": len(self._queue),
+                "in_flight": self.in_flight,
+                "sent": self.sent,
+                "failed": self.failed,
+                "dropped": self.dropped,
+            }
 
     def flush(self, timeout: float) -> bool:
-        """Wait at most `timeout` seconds for everything queued so far; True when drained."""
-        if self._thread is None:
-            return self._queue.qsize() == 0
-        marker = threading.Event()
-        self._queue.put(marker)
-        return marker.wait(timeout)
+        """Wait at most `timeout` seconds until nothing is queued or in flight; True when drained."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            self._urgent += 1
+        try:
+            if self._queue:
+                if self._thread is None:
+                    self._start()
+                if self._thread is None:  # no thread can start (exit under way): send here
+                    self._send_here(deadline)
+                self._bell.set()
+            with self._changed:
+                while self._queue or self.in_flight:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._changed.wait(left)
+            return True
+        finally:
+            with self._lock:
+                self._urgent -= 1
 
     def discard(self) -> int:
         """Drop everything still queued (telemetry was turned off); returns how many."""
         n = 0
         while True:
             try:
-                item = self._queue.get_nowait()
-            except Empty:
+                event = self._queue.popleft()[0]
+            except IndexError:
                 break
-            if isinstance(item, threading.Event):
-                item.set()
-            elif item is not _STOP:
-                n += 1
-                self._outcome(item[0], None, "dropped: opted out")
-        self._count_dropped(n)
+            n += 1
+            self._count("dropped")
+            self._outcome(event, None, "dropped: opted out")
         return n
 
-    def _count_dropped(self, n: int = 1) -> None:
+    def _count_dropped(self) -> None:
+        """One event dropped before it reached the queue (the client's held events)."""
+        self._count("dropped")
+
+    def _drop(self, event: str, outcome: str) -> None:
+        self._count("dropped")
+        self._outcome(event, None, outcome)
+
+    def _count(self, counter: str) -> None:
         with self._lock:
-            self.dropped += n
+            setattr(self, counter, getattr(self, counter) + 1)
 
     def _outcome(self, event: str, body: bytes | None, outcome: str) -> None:
         """Report one event's final outcome to `on_outcome`; never raises."""
@@ -170,116 +434,219 @@ class Transport:
             return
         try:
             self._on_outcome(event, PATHS.get(event, ""), body, outcome)
-        except Exception:
+        except BaseException:
             pass
 
-    def _fail(self, event: str, body: bytes | None, reason: str) -> None:
-        self.failed += 1
-        self.last_error = reason
-        self._outcome(event, body, f"failed {reason}")
+    def _ring(self) -> None:
+        """Wake the worker, or start one when there is none (or it died)."""
+        if self._thread is None:
+            self._start()
+        self._bell.set()
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is not None:
+            if self._thread is not None or _finalizing():
                 return
-            thread = threading.Thread(target=self._run, args=(self._queue,), name="clacky-telemetry", daemon=True)
+            self._spawn(self._run, "clacky-telemetry", worker=True)
+
+    def _spawn(self, target: Callable[[int], None], name: str, worker: bool = False) -> bool:
+        """Start one sending thread (the lock is held). False when no thread can start now."""
+        thread = threading.Thread(target=target, args=(self._generation,), name=name, daemon=True)
+        try:
             thread.start()
+        except RuntimeError:  # "can't create new thread at interpreter shutdown"
+            return False
+        self.threads += 1
+        if worker:
             self._thread = thread
-            if not self._atexit_registered:
-                atexit.register(self._at_exit)
-                self._atexit_registered = True
+        return True
 
     def _at_exit(self) -> None:
-        """Bounded: exit never waits more than shutdown_timeout on the network."""
+        """The final flush: bounded by shutdown_timeout; later events are dropped and counted."""
         try:
-            self.flush(self._shutdown_timeout())
-        except Exception:
+            if self._queue or self.in_flight:
+                self.flush(self._shutdown_timeout())
+        except BaseException:
             pass
+        self.closed = True
 
     # -- worker's side -----------------------------------------------------------
-    def _set_up(self) -> tuple[Any, Any]:
-        """Import requests and warm up, here so the user's thread never pays for it."""
+    def _set_up(self) -> Any:
+        """Import requests (None when it cannot be) and warm up, here so the user's thread never pays for it."""
+        import importlib
+
         with _SETUP:
-            try:
-                import requests
+            for name in WORKER_IMPORTS:
+                try:
+                    importlib.import_module(name)
+                except BaseException as exc:  # missing or broken: counted when sending, never raised
+                    self.last_error = type(exc).__name__
+            requests = sys.modules.get("requests")
+        try:
+            self._warm_up()  # outside _SETUP: a slow brand.yml never makes a fork wait
+        except BaseException:
+            pass  # retried when the first payload is built
+        return requests
 
-                session = requests.Session()
-                session.trust_env = False  # never read ~/.netrc credentials; proxies are added in _route
-            except Exception as exc:  # requests missing or broken: count, never raise
-                self.last_error = type(exc).__name__
-                return None, None
-            try:
-                self._warm_up()
-            except Exception:
-                pass  # retried when the first payload is built
-        return requests, session
+    def _delay(self, now: float) -> float:
+        """Seconds until the queue's head should be sent (<= 0: now). IndexError when empty."""
+        queue = self._queue
+        first, last = queue[0], queue[-1]
+        if self._urgent or len(queue) >= BATCH:
+            return 0.0
+        return min(last[2] + IDLE_S, first[2] + MAX_WAIT_S) - now
 
-    def _run(self, queue: SimpleQueue) -> None:
-        requests, session = self._set_up()
-        routes: dict[str, tuple[Any, dict[str, str]]] = {}
-        while True:
-            item = queue.get()
-            if item is _STOP:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
+    def _take(self, generation: int, wait: bool) -> tuple | None:
+        """The next item once it is due; None when this thread should stop (or, without
+        `wait`, when nothing is due now)."""
+        queue, bell = self._queue, self._bell
+        while generation == self._generation:
+            try:
+                delay = self._delay(perf_counter())
+            except IndexError:  # empty
+                if not wait:
+                    return None
+                bell.clear()
+                self._idle = True
+                if not queue and generation == self._generation:
+                    bell.wait()
+                if generation != self._generation:
+                    return None  # reset meanwhile: `_idle` belongs to the new worker now
+                self._idle = False
                 continue
-            try:
-                self._deliver(requests, session, routes, *item)
-            except Exception as exc:  # a bug here must never reach the user
-                self._fail(item[0], None, type(exc).__name__)
-
-    @staticmethod
-    def _route(requests: Any, routes: dict, url: str, user_agent: str) -> tuple[Any, dict[str, str]]:
-        """The prepared request (headers, no body) and the proxies for `url`, built once.
-
-        Sending a copy through ``Session.send`` skips ``Session.request``'s merging of
-        settings, cookies and hooks: 40% of the worker's CPU per event, which is GIL
-        time taken from the user's cells. No cookie is ever sent back to the server.
-        """
-        route = routes.get(url)
-        if route is None:
-            headers = {"Content-Type": "application/json", "User-Agent": user_agent}
-            route = routes[url] = (
-                requests.Request("POST", url, headers=headers).prepare(),
-                requests.utils.get_environ_proxies(url),
-            )
-        return route
-
-    def _deliver(self, requests: Any, session: Any, routes: dict, event: str, fields: dict) -> None:
-        if time.monotonic() < self.paused_until:
-            self._count_dropped()
-            self._outcome(event, None, "dropped: paused (429)")
-            return
-        plan = self._planner(event, fields)
-        if plan is None:  # telemetry is off now
-            self._count_dropped()
-            self._outcome(event, None, "dropped: opted out")
-            return
-        if session is None:
-            self._fail(event, None, self.last_error or "ImportError")
-            return
-        body = json.dumps(plan.payload, separators=(",", ":"), allow_nan=False).encode()
-        connection_error = "ConnectionError"
-        for host in plan.hosts:
-            template, proxies = self._route(requests, routes, host + PATHS[event], plan.user_agent)
-            request = template.copy()
-            request.prepare_body(body, None)
-            try:
-                response = session.send(request, timeout=plan.timeout, proxies=proxies, allow_redirects=False)
-            except requests.ConnectionError as exc:  # incl. connect timeout: the server has nothing
-                self.last_error = connection_error = type(exc).__name__
+            if delay > 0:
+                if not wait:
+                    return None
+                bell.clear()
+                bell.wait(delay)
                 continue
-            except requests.RequestException as exc:  # read timeout: it may have the event, never resend
-                self._fail(event, body, type(exc).__name__)
+            with self._lock:
+                if not queue:
+                    continue
+                item = queue.popleft()
+                self.in_flight += 1
+            return item
+        return None
+
+    def _run(self, generation: int) -> None:
+        """The worker: sends one event at a time, and calls for helpers under a backlog."""
+        sender = None
+        try:
+            sender = _Sender(self._set_up())
+            first = True
+            while True:
+                item = self._take(generation, wait=True)
+                if item is None:
+                    return
+                if not first and len(self._queue) >= BACKLOG:
+                    self._add_helpers(generation)
+                first = False  # the first event (startup) goes alone, before any other
+                self._deliver(sender, generation, item)
+        except BaseException:
+            pass  # never a traceback; the next event starts a new worker
+        finally:
+            if sender is not None:
+                sender.close()
+            self._stopped(generation, worker=True)
+
+    def _add_helpers(self, generation: int) -> None:
+        """Up to max_connections - 1 more senders while events are due; they stop when none is."""
+        try:
+            if self.threads >= self.max_connections or self._delay(perf_counter()) > 0 or _finalizing():
                 return
-            response.close()
-            if 200 <= response.status_code < 300:
-                self.sent += 1
-                self._outcome(event, body, f"sent {response.status_code}")
-                return
-            if response.status_code == 429:
-                self.paused_until = time.monotonic() + retry_after_seconds(response.headers.get("Retry-After"))
-            self._fail(event, body, f"HTTP {response.status_code}")
+        except IndexError:
             return
-        self._fail(event, body, connection_error)  # every host refused the connection
+        with self._lock:
+            if generation == self._generation and self.threads < self.max_connections:
+                self._spawn(self._help, "clacky-telemetry-sender")
+
+    def _help(self, generation: int) -> None:
+        sender = None
+        try:
+            sender = _Sender(self._set_up())
+            while True:
+                item = self._take(generation, wait=False)
+                if item is None:
+                    return
+                self._deliver(sender, generation, item)
+        except BaseException:
+            pass
+        finally:
+            if sender is not None:
+                sender.close()
+            self._stopped(generation)
+
+    def _stopped(self, generation: int, worker: bool = False) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return
+            self.threads -= 1
+            if worker:
+                self._thread = None
+                self._idle = True  # the next event starts a new worker
+            self._changed.notify_all()
+
+    def _send_here(self, deadline: float) -> None:
+        """At exit, when no thread can start: send on the calling thread until `deadline`."""
+        generation = self._generation
+        sender = _Sender(self._set_up())
+        try:
+            while time.monotonic() < deadline:
+                with self._lock:
+                    if not self._queue:
+                        return
+                    item = self._queue.popleft()
+                    self.in_flight += 1
+                self._deliver(sender, generation, item, cap=deadline - time.monotonic())
+        finally:
+            sender.close()
+
+    def _deliver(self, sender: _Sender, generation: int, item: tuple, cap: float | None = None) -> None:
+        """Plan, build and send one taken item, then count its outcome. Never raises."""
+        event, data, _ = item
+        body = None
+        counter, outcome = "failed", "failed"
+        try:
+            if time.monotonic() < self.paused_until:
+                counter, outcome = "dropped", "dropped: paused (429)"
+            else:
+                plan = self._planner(event, data)
+                if plan is SKIP:
+                    counter = outcome = None
+                elif plan is None:  # telemetry is off now
+                    counter, outcome = "dropped", "dropped: opted out"
+                elif sender.session is None:
+                    outcome = f"failed {self.last_error or 'ImportError'}"
+                else:
+                    body = json.dumps(plan.payload, separators=(",", ":"), allow_nan=False).encode()
+                    status, said = sender.send(PATHS[event], plan, body, cap)
+                    if status is None:
+                        outcome = f"failed {said}"
+                    elif 200 <= status < 300:
+                        counter, outcome = "sent", f"sent {status}"
+                    else:
+                        outcome = f"failed HTTP {status}"
+                        if status == 429:
+                            self.paused_until = time.monotonic() + retry_after_seconds(said)
+        except BaseException as exc:  # a user's value, or a bug here: never reaches the user
+            try:
+                outcome = f"failed {type(exc).__name__}"
+            except BaseException:
+                outcome = "failed"
+        self._finish(generation, event, body, counter, outcome)
+
+    def _finish(
+        self, generation: int, event: str, body: bytes | None, counter: str | None, outcome: str | None
+    ) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return  # reset meanwhile (tests): the old counters are gone
+            self.in_flight -= 1
+            if counter is not None:
+                setattr(self, counter, getattr(self, counter) + 1)
+                if counter == "failed":
+                    self.last_error = outcome[len("failed ") :] or None
+            if self._urgent:
+                self._changed.notify_all()
+        if outcome is not None:
+            self._outcome(event, body, outcome)

@@ -14,6 +14,7 @@ import re
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,19 @@ class Receiver:
 
     def wait(self, timeout=5.0):
         assert clacky_ipy.flush(timeout), "the queue did not drain"
+
+    def quiet(self, still=0.5, timeout=10.0):
+        """Wait until nothing new arrived for `still` seconds. Another process (a kernel) sends
+        once its shell has been idle a moment (deferral), so right after its last cell some of
+        its events may still be on their way."""
+        deadline = time.monotonic() + timeout
+        count, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            if len(self.server.log) != count:
+                count, since = len(self.server.log), time.monotonic()
+            elif time.monotonic() - since >= still:
+                return
+            time.sleep(0.05)
 
 
 @pytest.fixture

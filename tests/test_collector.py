@@ -171,3 +171,83 @@ def test_cli_refuses_a_busy_port(tmp_path, collector):
 def test_collector_binds_loopback_by_default(tmp_path):
     with Collector(tmp_path / "d.db", port=0) as c:
         assert c.address[0] == "127.0.0.1" and c.url.startswith("http://127.0.0.1:")
+
+
+def test_group_commit_answers_each_request_after_its_commit_on_both_engines(db_target):
+    """16 concurrent keep-alive clients: rows of many requests share a transaction, and each
+    201 means the row is readable from another connection to the database at that moment."""
+    from clacky_ipy.store import open_store
+
+    with Collector(db_target) as c:
+        reader = open_store(db_target, create=False)
+        lagging = []
+
+        def client(k: int) -> None:
+            with requests.Session() as s:
+                for i in range(25):
+                    assert s.post(c.url + TASK, json={"device_id": f"g{k}", "iterations": i}, timeout=10).ok
+                    if reader.query("SELECT COUNT(*) FROM events WHERE device_id = ?", [f"g{k}"])[0][0] != i + 1:
+                        lagging.append((k, i))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        reader.close()
+        assert c.store.count() == 400 and lagging == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_under_load_keeps_every_acknowledged_row(db_target, sig):
+    """Clients keep posting while the collector is told to stop: it exits 0, and every request
+    it answered 201 is in the database (the rest were refused or cut, never half-stored)."""
+    from clacky_ipy.store import open_store
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "clacky_ipy", "collect", "--db", db_target, "--port", str(port)],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        with requests.Session() as s:
+            for i in range(10_000):
+                if stop.is_set() and i % 50 == 0:
+                    break
+                device = f"s{k}-{i}"
+                try:
+                    if (
+                        s.post(f"http://127.0.0.1:{port}{TASK}", json={"device_id": device}, timeout=5).status_code
+                        == 201
+                    ):
+                        acked.append(device)
+                except requests.RequestException:
+                    return
+
+    try:
+        assert "collector on" in proc.stdout.readline()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 0
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        proc.kill()
+    assert "Traceback" not in proc.stderr.read()
+    store = open_store(db_target, create=False)
+    try:
+        stored = {row["device_id"] for row in store.rows()}
+    finally:
+        store.close()
+    assert len(acked) > 50
+    assert set(acked) <= stored

@@ -36,7 +36,10 @@ def outputs(nb, kind="stream"):
 def run_notebook(path, receiver, tmp_path):
     env = kernel_env(receiver.url, tmp_path / "home")
     env["PYTHONPATH"] = subprocess_env()["PYTHONPATH"]  # the kernel imports this checkout, not another install
-    return execute_notebook(path, env, tmp_path)
+    try:
+        return execute_notebook(path, env, tmp_path)
+    finally:
+        receiver.quiet()  # the kernel sends its last events once idle, a moment after the last cell
 
 
 def test_every_notebook_is_covered():

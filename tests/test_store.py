@@ -7,6 +7,7 @@ import math
 import random
 import sqlite3
 import subprocess
+import threading
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -418,7 +419,7 @@ def test_percentiles_from_merged_histograms_are_within_one_percent(values):
     """Each day's histogram as the store keeps it, merged as the report's query merges them."""
     events = [(f"2026-11-2{day}T00:00:00.000000Z", "task", {"duration_ms": ms}) for ms, day in values]
     merged = {}
-    for (_, _, status, index), (n, lo, hi) in _rollups(events)["rollup_durations"].items():
+    for (status, index, _, _), (n, lo, hi) in _rollups(events)["rollup_durations"].items():
         got = merged.get((status, index))
         merged[(status, index)] = [n, lo, hi] if got is None else [got[0] + n, min(got[1], lo), max(got[2], hi)]
     figures = report._percentiles([(s, i, n, lo, hi) for (s, i), (n, lo, hi) in merged.items()])["(none)"]
@@ -437,3 +438,49 @@ def test_text_round_trips_on_both_engines(db_target):
     store.close()
     assert row["model"] == "модель-☃" and row["status"] == "error\ufffd"
     assert report.build(db_target)["tasks_by_model"] == {"модель-☃": 1}
+
+
+def test_two_collector_processes_on_one_postgres(pg_url):
+    """Two `clacky-ipy collect` processes, one database, clients posting to both at once."""
+    import requests
+
+    ports = [free_port(), free_port()]
+    procs = [
+        subprocess.Popen(
+            [PYTHON, "-m", "clacky_ipy", "collect", "--db", pg_url, "--port", str(port)],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for port in ports
+    ]
+    per_client, statuses = 150, []
+    try:
+        for proc in procs:
+            assert "collector on http://127.0.0.1:" in proc.stdout.readline()
+
+        def client(me):
+            with requests.Session() as session:
+                for j in range(per_client):
+                    url = f"http://127.0.0.1:{ports[(me + j) % 2]}/api/v1/telemetry/task"
+                    body = {"device_id": f"d{j % 3}", "status": "success", "iterations": me * 10_000 + j}
+                    statuses.append(session.post(url, json=body, timeout=30).status_code)
+
+        threads = [threading.Thread(target=client, args=(me,)) for me in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            assert proc.wait(timeout=30) == 0 and "Traceback" not in proc.stderr.read()
+    assert statuses == [201] * 4 * per_client
+    store = open_store(pg_url, create=False)
+    marks = sorted(row["iterations"] for row in store.rows())
+    store.close()
+    assert marks == sorted(me * 10_000 + j for me in range(4) for j in range(per_client))
+    r = report.build(pg_url)
+    assert r["tasks"] == 4 * per_client and r["daily"][0]["active_devices"] == 3
