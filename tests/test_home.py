@@ -189,10 +189,11 @@ def test_status_answers_at_once_while_the_worker_reads_brand_yml(ip, receiver, c
     from conftest import CLIENT, load, run
 
     load(ip, endpoint=receiver.url)
+    receiver.wait()
     capsys.readouterr()
-    CLIENT._context = None
     done = threading.Event()
     with CLIENT._context_lock:
+        CLIENT._context = None  # as if the worker were still reading brand.yml
         worker = threading.Thread(target=lambda: (run(ip, "%clacky_telemetry status"), done.set()), daemon=True)
         worker.start()
         answered = done.wait(10)
