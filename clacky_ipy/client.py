@@ -329,8 +329,22 @@ class Client:
         return self.submit("task", (trigger, error, measured_ms, result, fields, None))
 
     def cell(self, info: Any, error: BaseException | None, start: float, end: float) -> bool:
-        """A tracked cell (the post_run_cell hook): a time and a tuple, nothing more here."""
-        return self.submit("task", ("cell", error, (start, end), None, None, info), end)
+        """A tracked cell (the post_run_cell hook): a time and a tuple, nothing more here.
+
+        The common case (configured, on, nothing pending, not debugging) goes straight to
+        the queue; anything else takes `submit`'s full path.
+        """
+        data = ("cell", error, (start, end), None, None, info)
+        if (
+            self._config is None
+            or self.notice_pending
+            or self.startup_pending
+            or self._debug
+            or self.switched_off
+            or env_off_reason()
+        ):
+            return self.submit("task", data, end)
+        return self.transport.submit("task", data, end)
 
     @staticmethod
     def task_fields(data: Any) -> dict[str, Any] | None:

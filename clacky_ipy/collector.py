@@ -52,6 +52,9 @@ READ_TIMEOUT = 10.0
 KEEP_ALIVE = 5
 #: Connections the kernel queues before the server accepts them (a burst of clients).
 BACKLOG = 2048
+#: Bytes of request line and headers at most (h11's default too): uvicorn's httptools protocol
+#: would otherwise keep every header a client sends, gigabytes in seconds on one connection.
+MAX_HEAD = 16 * 1024
 #: Rows committed in one transaction at most.
 MAX_BATCH = 512
 
@@ -349,6 +352,25 @@ def protocol_class() -> type:
             self._disarm()
             super().connection_lost(exc)
 
+        # httptools' callbacks (h11 bounds the head itself): raising here makes the parser
+        # fail, and uvicorn answers 400 and closes the connection.
+        def on_message_begin(self) -> None:
+            self._head = 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value))
+            super().on_header(name, value)
+
+        def _count(self, size: int) -> None:
+            self._head += size
+            if self._head > MAX_HEAD:
+                raise ValueError(f"request head over {MAX_HEAD} bytes")
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing():
@@ -498,6 +520,9 @@ class Collector:
         self._thread = threading.Thread(target=self._serve_in_thread, args=(started,), daemon=True)
         self._thread.start()
         started.wait(30)
+        if not self.server.started:
+            self.stop()
+            raise RuntimeError("the collector did not start")
         return self
 
     def _serve_in_thread(self, started: threading.Event) -> None:

@@ -299,10 +299,6 @@ class _Sender:
             pass
 
 
-def _finalizing() -> bool:
-    return sys.is_finalizing()
-
-
 class Transport:
     """The queue and the threads that drain it. Safe to call from any thread."""
 
@@ -319,6 +315,7 @@ class Transport:
         self._shutdown_timeout = shutdown_timeout
         self.max_queue_size = 1000
         self.max_connections = 4
+        self.idle_s, self.batch, self.max_wait_s = IDLE_S, BATCH, MAX_WAIT_S
         self._generation = 0
         self._bell: threading.Event | None = None
         self.reset()
@@ -340,6 +337,7 @@ class Transport:
         self._thread: threading.Thread | None = None
         self._idle = True  # no worker waits with a timeout: submit() must ring the bell
         self._urgent = 0  # flushes waiting: send now, on every connection
+        self._due = 0  # events still to send of the batch that became due
         self.threads = 0  # sending threads alive (the worker included)
         self.in_flight = 0
         self.sent = self.failed = self.dropped = 0
@@ -354,15 +352,16 @@ class Transport:
     def submit(self, event: str, data: Any, made_at: float | None = None) -> bool:
         """Queue one event; False (and counted) when the queue is full or exit is under way."""
         queue = self._queue
-        if self.closed or _finalizing():
+        if self.closed or sys.is_finalizing():
             self._drop(event, "dropped: at exit")  # no thread may start now, and none would run
             return False
-        if len(queue) >= self.max_queue_size:
+        waiting = len(queue)
+        if waiting >= self.max_queue_size:
             self._drop(event, "dropped: queue full")
             return False
         queue.append((event, data, perf_counter() if made_at is None else made_at))
-        if self._idle or self._thread is None:
-            self._ring()
+        if self._idle or waiting + 1 == self.batch or self._thread is None:
+            self._ring()  # the worker waits for an event, or the batch is full: send now
         return True
 
     @property
@@ -405,6 +404,7 @@ class Transport:
 
     def discard(self) -> int:
         """Drop everything still queued (telemetry was turned off); returns how many."""
+        self._due = 0
         n = 0
         while True:
             try:
@@ -445,7 +445,7 @@ class Transport:
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is not None or _finalizing():
+            if self._thread is not None or sys.is_finalizing():
                 return
             self._spawn(self._run, "clacky-telemetry", worker=True)
 
@@ -489,12 +489,20 @@ class Transport:
         return requests
 
     def _delay(self, now: float) -> float:
-        """Seconds until the queue's head should be sent (<= 0: now). IndexError when empty."""
+        """Seconds until the queue's head should be sent (<= 0: now). IndexError when empty.
+
+        Once it is time, everything waiting then is sent (`_due`), even if a new event
+        comes meanwhile: a batch is not cut into pieces each waiting its own turn.
+        """
         queue = self._queue
         first, last = queue[0], queue[-1]
-        if self._urgent or len(queue) >= BATCH:
+        if self._urgent or self._due > 0:
             return 0.0
-        return min(last[2] + IDLE_S, first[2] + MAX_WAIT_S) - now
+        delay = min(last[2] + self.idle_s, first[2] + self.max_wait_s) - now
+        if delay <= 0 or len(queue) >= self.batch:
+            self._due = len(queue)
+            return 0.0
+        return delay
 
     def _take(self, generation: int, wait: bool) -> tuple | None:
         """The next item once it is due; None when this thread should stop (or, without
@@ -525,6 +533,8 @@ class Transport:
                     continue
                 item = queue.popleft()
                 self.in_flight += 1
+                if self._due > 0:
+                    self._due -= 1
             return item
         return None
 
@@ -533,6 +543,8 @@ class Transport:
         sender = None
         try:
             sender = _Sender(self._set_up())
+            if generation == self._generation:
+                self._idle = False  # awake: a new event need not ring until the worker waits idle
             first = True
             while True:
                 item = self._take(generation, wait=True)
@@ -552,7 +564,7 @@ class Transport:
     def _add_helpers(self, generation: int) -> None:
         """Up to max_connections - 1 more senders while events are due; they stop when none is."""
         try:
-            if self.threads >= self.max_connections or self._delay(perf_counter()) > 0 or _finalizing():
+            if self.threads >= self.max_connections or self._delay(perf_counter()) > 0 or sys.is_finalizing():
                 return
         except IndexError:
             return
@@ -646,7 +658,7 @@ class Transport:
                 setattr(self, counter, getattr(self, counter) + 1)
                 if counter == "failed":
                     self.last_error = outcome[len("failed ") :] or None
-            if self._urgent:
-                self._changed.notify_all()
+            if self._urgent and not self._queue and not self.in_flight:
+                self._changed.notify_all()  # a flush waits for exactly this
         if outcome is not None:
             self._outcome(event, body, outcome)

@@ -17,6 +17,11 @@ import time
 import pytest
 import requests
 from conftest import PYTHON, free_port, subprocess_env
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clacky_ipy import payload
+from clacky_ipy.collector import BadBody, parse
 
 TASK = "/api/v1/telemetry/task"
 STARTUP = "/api/v1/telemetry/startup"
@@ -175,6 +180,25 @@ def test_chunked_bodies_are_refused_and_not_parsed_as_requests(server):
     assert server.count() == before
 
 
+def test_endless_headers_are_cut_off_and_hold_no_memory(server):
+    """uvicorn's httptools protocol alone keeps every header: 3 GB in 5 s from one client."""
+    rss = proc_status(server.proc.pid)["VmRSS"]
+    sent = 0
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(f"POST {TASK} HTTP/1.1\r\nHost: x\r\n".encode())
+        try:
+            while sent < 200 * 2**20:
+                sock.sendall(b"X-Pad: " + b"a" * 8000 + b"\r\n")
+                sent += 8009
+        except OSError:  # closed by the server
+            pass
+    assert sent < 200 * 2**20
+    assert proc_status(server.proc.pid)["VmRSS"] - rss < 32 * 1024  # kB
+    answer = server.raw(b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 4")
+    still_serves(server)
+
+
 def test_pipelined_requests_are_each_answered_once(server):
     before = server.count()
     answer = server.raw(smuggled_post("a") + smuggled_post("b"), wait=2)
@@ -318,3 +342,42 @@ def test_the_asgi_app_under_uvicorn_workers(tmp_path):
     assert "Traceback" not in err
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 200
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+EVENT_LIKE = st.dictionaries(
+    st.sampled_from([*payload.KEYS["task"], "history", "\ud800"]), JSON, max_size=8
+)  # the vocabulary's keys with any value, and a few others
+BODIES = st.one_of(
+    st.binary(max_size=300),
+    JSON.map(lambda v: json.dumps(v).encode("utf-8", "surrogatepass")),
+    EVENT_LIKE.map(lambda v: json.dumps(v).encode("utf-8", "surrogatepass")),
+    EVENT_LIKE.map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=BODIES)
+def test_parse_refuses_with_a_reason_or_gives_a_storable_event(body):
+    try:
+        value = parse(body)
+    except BadBody as exc:
+        assert str(exc)
+        return
+    assert isinstance(value, dict)
+    fields = payload.clean("task", value)
+    json.dumps(fields, allow_nan=False).encode("utf-8")  # finite, valid text
+    assert all(payload.INT64_MIN <= v <= payload.INT64_MAX for v in fields.values() if isinstance(v, (int, float)))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES)
+def test_any_body_over_a_real_socket_is_201_and_stored_or_4xx_and_not(server, body):
+    before = server.count()
+    status = server.post(body).status_code
+    assert status in (201, 400)
+    assert server.count() == before + (status == 201)

@@ -118,6 +118,44 @@ def test_a_backlog_is_sent_on_at_most_max_connections(servers, max_connections, 
     assert transport.threads == 1  # the extra senders went away with the backlog
 
 
+# -- deferral: the worker waits while events keep coming -----------------------------------------
+def test_the_worker_waits_while_events_keep_coming_then_sends_unasked(servers):
+    server = servers(netservers.delaying(0))
+    transport = transport_to(server.url)
+    transport.idle_s, transport.max_wait_s = 0.5, 30.0  # generous: a slow machine cannot fake it
+    for i in range(5):
+        transport.submit("task", {"n": i})
+        time.sleep(0.05)  # cells back to back: never idle for idle_s
+    assert server.bodies == []  # nothing while the user is busy
+    deadline = time.monotonic() + 10
+    while len(server.bodies) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)  # no flush: idle for idle_s is enough
+    assert len(server.bodies) == 5
+
+
+def test_a_full_batch_is_sent_without_waiting_for_idle(servers):
+    server = servers(netservers.delaying(0))
+    transport = transport_to(server.url)
+    transport.idle_s, transport.max_wait_s, transport.batch = 30.0, 30.0, 10
+    for i in range(10):
+        transport.submit("task", {"n": i})
+    deadline = time.monotonic() + 10
+    while len(server.bodies) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(server.bodies) == 10
+
+
+def test_the_oldest_event_waits_at_most_max_wait(servers):
+    server = servers(netservers.delaying(0))
+    transport = transport_to(server.url)
+    transport.idle_s, transport.max_wait_s = 30.0, 0.3
+    transport.submit("task", {"n": 1})
+    deadline = time.monotonic() + 10
+    while not server.bodies and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(server.bodies) == 1
+
+
 # -- counters add up, in flight included ---------------------------------------------------------
 def test_counters_add_up_while_events_are_in_flight(servers):
     slow = servers(netservers.delaying(0.5))

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON
 
-import clacky_ipy
-
-ROOT = Path(clacky_ipy.__file__).resolve().parents[1]
+#: The checkout these tests belong to (CI imports clacky_ipy from the installed wheel instead).
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
