@@ -148,7 +148,7 @@ def _telemetry(args: argparse.Namespace) -> int:
             print(f"Saved choice: on ({path} removed).")
             print(f"Telemetry stays off: {reason}." if reason else "Telemetry is on.")
         return 0
-    print(status_text(client.switches()))
+    print(status_text(client.switches(wait=5.0)))  # a one-shot command can wait for the device id
     print("A session's configuration (c.ClackyTelemetry.enabled = False, %config) can also turn it off there.")
     return 0
 
