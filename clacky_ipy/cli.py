@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +19,16 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _collect(args: argparse.Namespace) -> int:
     from . import collector
     from .store import StoreError
 
+    # Until the server takes SIGTERM over (and after it gives it back), it stops us as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server = collector.Collector(
             args.db,
@@ -141,7 +148,7 @@ def _telemetry(args: argparse.Namespace) -> int:
             print(f"Saved choice: on ({path} removed).")
             print(f"Telemetry stays off: {reason}." if reason else "Telemetry is on.")
         return 0
-    print(status_text(client.switches()))
+    print(status_text(client.switches(wait=5.0)))  # a one-shot command can wait for the device id
     print("A session's configuration (c.ClackyTelemetry.enabled = False, %config) can also turn it off there.")
     return 0
 

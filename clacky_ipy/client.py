@@ -35,10 +35,10 @@ from .config import (
     saved_choice_path,
 )
 from .identity import (
+    brand_identity,
     clacky_home,
     detect_ci,
     detect_container,
-    device_and_brand,
     launch_source,
 )
 from .status import device_id_source
@@ -103,6 +103,9 @@ class Client:
         self._context: dict[str, Any] | None = None
         self._context_lock = threading.Lock()
         self._user_off = False  # the persisted %clacky_telemetry off
+        self._home_off: str | None = None  # why the saved choice cannot be checked (telemetry stays off)
+        self._device_stored = False  # the device id was read from brand.yml
+        self._context_thread: threading.Thread | None = None  # computing the context for status()
         self._config_off: str | None = None  # why the configuration keeps telemetry off
         self._debug = False
         self._listeners: list[Callable[[], None]] = []  # told when telemetry may have turned on or off
@@ -124,7 +127,9 @@ class Client:
         self.startup_sent = self.startup_pending = False
         self.printed = 0
         self._context = None
+        self._context_thread = None
         self._user_off = False
+        self._home_off = None
         self._config_off = None
         self._debug = False
         self.log.clear()
@@ -149,7 +154,7 @@ class Client:
             self._config.unobserve(self._config_changed)
         self._config = config
         self.frontend = frontend
-        self._user_off = persisted_off()
+        self._user_off, self._home_off = self._saved_choice()
         self._policy_off = policy_off_reason()
         self.notice_pending = not (self._notice_displayed or notice.seen())
         config.observe(self._config_changed)
@@ -204,8 +209,17 @@ class Client:
         return (
             self._policy_off
             or self._config_off
+            or self._home_off
             or ("the saved choice (%clacky_telemetry off / clacky-ipy telemetry off)" if self._user_off else None)
         )
+
+    @staticmethod
+    def _saved_choice() -> tuple[bool, str | None]:
+        """The saved ``off``, and why it cannot be checked: then telemetry stays off (privacy first)."""
+        try:
+            return persisted_off(), None
+        except OSError as exc:
+            return False, f"the saved choice cannot be checked: {exc}"
 
     def off_reason(self) -> str | None:
         """Why telemetry is off right now, or None when it is on."""
@@ -215,11 +229,13 @@ class Client:
         """``%clacky_telemetry on|off``: persist the choice; returns an error text if it could not be saved."""
         was_off = self.off_reason()
         self._user_off = off
+        self._home_off = None  # an explicit choice decides this session, saved or not
         error = None
         try:
             persist_off(off)
         except OSError as exc:
-            error = f"could not save the choice in {clacky_home()}: {exc.strerror or exc}"
+            where = saved_choice_path()
+            error = f"could not save the choice in {where.parent}: {exc.strerror or exc}" if where else str(exc)
         if not off and not self.config.enabled:
             self.config.enabled = True  # an explicit "on" also lifts the session's config switch
         self._on_or_off(was_off)
@@ -284,7 +300,9 @@ class Client:
         notice.mark_seen()
         was_off = self.off_reason()
         # a choice made while the notice waited, perhaps in another shell, counts
-        self._user_off = self._user_off or persisted_off()
+        saved, problem = self._saved_choice()
+        self._user_off = self._user_off or saved
+        self._home_off = self._home_off or problem
         self._policy_off = self._policy_off or policy_off_reason()
         if self.off_reason():
             self._release(send=False)
@@ -388,7 +406,7 @@ class Client:
         if self._context is None:
             with self._context_lock:
                 if self._context is None:
-                    device_id, brand = device_and_brand(clacky_home())
+                    device_id, brand, self._device_stored = brand_identity(clacky_home())
                     ipython = sys.modules.get("IPython")
                     self._context = {
                         "device_id": device_id,
@@ -402,6 +420,30 @@ class Client:
                         "container": detect_container(),
                     }
         return self._context
+
+    def context_soon(self, wait: float) -> dict[str, Any] | None:
+        """The context if it is ready within `wait` seconds, else None; never blocks longer.
+
+        ``status`` runs on the user's thread, so it never reads brand.yml itself nor
+        waits on the lock the worker holds while doing so: a helper thread computes
+        the context (when no one else is), and ``status`` says the id is still being
+        computed if it takes longer.
+        """
+        if self._context is not None:
+            return self._context
+        thread = self._context_thread
+        if thread is None or not thread.is_alive():
+            thread = threading.Thread(target=self._compute_context, name="clacky-context", daemon=True)
+            self._context_thread = thread
+            thread.start()
+        thread.join(wait)
+        return self._context
+
+    def _compute_context(self) -> None:
+        try:
+            self.context()
+        except Exception:
+            pass
 
     def build(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
         """The payload exactly as sent: shared context, then the event's fields, cleaned."""
@@ -470,21 +512,24 @@ class Client:
             for when, event, path, body, outcome in (entries[-n:] if n else [])
         ]
 
-    def switches(self) -> dict[str, Any]:
+    def switches(self, wait: float = 0.2) -> dict[str, Any]:
         """On or off and which switch decided, where the saved choice lives, the endpoint
         (credentials masked) and the device id with how it was derived: what
-        ``clacky-ipy telemetry status`` shows, without a running session."""
+        ``clacky-ipy telemetry status`` shows, without a running session. Waits at most
+        `wait` seconds for the device id (None: still being computed)."""
         config = self.config
         home = clacky_home()
+        path = saved_choice_path(home)
+        context = self.context_soon(wait)
         return {
             "on": self.off_reason() is None,
             "off_reason": self.off_reason(),
-            "saved_choice": str(saved_choice_path(home)),
+            "saved_choice": None if path is None else str(path),
             "saved_off": self._user_off,
             "endpoint": config.endpoint,
             "fallback_endpoints": list(config.fallback_endpoints),
-            "device_id": self.context()["device_id"],
-            "device_id_source": device_id_source(home),
+            "device_id": None if context is None else context["device_id"],
+            "device_id_source": None if context is None else device_id_source(home, self._device_stored),
             "notice_pending": self.notice_pending,
             "waiting": self.waiting,
         }

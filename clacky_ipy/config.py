@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, observe, validate
 from traitlets.config import Config, Configurable
 
-from .identity import clacky_home
+from .identity import clacky_home, home_problem
 
 DEFAULT_ENDPOINT = "https://www.openclacky.com"
 DEFAULT_FALLBACKS = ("https://api.1024code.com", "https://openclacky.up.railway.app")
@@ -117,9 +117,15 @@ def machine_off_reason() -> str | None:
     return env_off_reason() or policy_off_reason()
 
 
-def saved_choice_path(home: Path | None = None) -> Path:
-    """Where ``%clacky_telemetry off`` / ``clacky-ipy telemetry off`` saves the choice."""
-    return (home or clacky_home()) / OFF_FILE
+def saved_choice_path(home: Path | None = None) -> Path | None:
+    """Where ``%clacky_telemetry off`` / ``clacky-ipy telemetry off`` saves the choice; None
+    when the Clacky home cannot be resolved."""
+    home = home or clacky_home()
+    return None if home is None else home / OFF_FILE
+
+
+class SavedChoiceUnknown(OSError):
+    """The saved choice cannot be checked or saved: the Clacky home is unusable."""
 
 
 def env_flag(name: str, env: Mapping[str, str] = os.environ) -> bool:
@@ -127,13 +133,29 @@ def env_flag(name: str, env: Mapping[str, str] = os.environ) -> bool:
 
 
 def persisted_off(home: Path | None = None) -> bool:
-    """True once ``%clacky_telemetry off`` was run for this Clacky home."""
-    return saved_choice_path(home).exists()
+    """True once ``%clacky_telemetry off`` was saved for this Clacky home.
+
+    Raises `SavedChoiceUnknown` when that cannot be checked (the home cannot be
+    resolved, or checking fails, e.g. ``PermissionError``): the caller keeps
+    telemetry off then, privacy first.
+    """
+    path = saved_choice_path(home)
+    if path is None:
+        raise SavedChoiceUnknown(f"the Clacky home cannot be used: {home_problem()}")
+    try:
+        os.stat(path)  # not Path.exists(): from Python 3.13 on it says False for EACCES too
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, ValueError) as exc:
+        raise SavedChoiceUnknown(f"the Clacky home {path.parent} cannot be used: {exc.strerror or exc}") from exc
 
 
 def persist_off(off: bool, home: Path | None = None) -> None:
     """Save or clear the user's ``%clacky_telemetry off`` (raises OSError if it cannot)."""
     path = saved_choice_path(home)
+    if path is None:
+        raise SavedChoiceUnknown(f"the Clacky home cannot be used: {home_problem()}")
     if off:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("telemetry turned off by %clacky_telemetry off\n", encoding="utf-8")

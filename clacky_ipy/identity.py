@@ -32,24 +32,64 @@ CI_VARS = (
 )
 
 
-def clacky_home(env: os._Environ | dict = os.environ) -> Path:
-    """The Clacky home: ``$CLACKY_HOME``, else ``~/.clacky`` (shared with the gem)."""
+def clacky_home(env: os._Environ | dict = os.environ) -> Path | None:
+    """The Clacky home: ``$CLACKY_HOME``, else ``~/.clacky`` (shared with the gem).
+
+    None when it cannot be resolved (``CLACKY_HOME=~nosuchuser/x``, or no ``HOME`` and
+    no passwd entry, as containers run with an arbitrary uid): never raises.
+    """
+    return _resolve_home(env)[0]
+
+
+def home_problem(env: os._Environ | dict = os.environ) -> str | None:
+    """Why the Clacky home cannot be resolved, in words; None when it can."""
+    return _resolve_home(env)[1]
+
+
+def _resolve_home(env: os._Environ | dict) -> tuple[Path | None, str | None]:
     home = env.get("CLACKY_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".clacky"
-
-
-def read_brand_file(home: Path) -> dict[str, Any]:
-    """``brand.yml`` as a dict; {} when it is missing or unreadable. Never written here."""
     try:
-        text = (home / "brand.yml").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return {}
-    import yaml  # lazy: only the worker thread pays for it
+        return (Path(home).expanduser() if home else Path.home() / ".clacky"), None
+    except Exception as exc:  # RuntimeError, or KeyError from pwd on Python 3.9
+        where = "CLACKY_HOME" if home else "the home directory (no HOME and no user entry)"
+        return None, f"{where} cannot be resolved ({type(exc).__name__})"
 
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
+
+#: brand.yml is read only when it is a regular file of at most this size: the gem writes a few lines.
+MAX_BRAND_BYTES = 64 * 1024
+
+
+def read_brand_file(home: Path | None) -> dict[str, Any]:
+    """``brand.yml`` as a dict; {} when it is missing, unreadable or not what the gem writes.
+
+    Opened without blocking (a FIFO would wait for a writer for ever) and read only
+    when the open file is a regular one (not ``/dev/zero`` behind a symlink) of at
+    most `MAX_BRAND_BYTES`; any error of reading or parsing (``OSError``, a YAML
+    error, ``RecursionError`` from deep nesting, ``MemoryError``) gives {}. Never
+    written here, and read on the worker thread, never while the user's thread waits.
+    """
+    if home is None:
         return {}
+    try:
+        fd = os.open(home / "brand.yml", os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError):
+        return {}
+    try:
+        import stat
+
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_BRAND_BYTES:
+            return {}
+        raw = os.read(fd, MAX_BRAND_BYTES + 1)
+        if len(raw) > MAX_BRAND_BYTES:
+            return {}  # grew while being read
+        import yaml  # lazy: only the worker thread pays for it
+
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except Exception:  # OSError, UnicodeDecodeError, YAMLError, RecursionError, MemoryError
+        return {}
+    finally:
+        os.close(fd)
     return data if isinstance(data, dict) else {}
 
 
@@ -76,19 +116,26 @@ def computed_device_id(env: os._Environ | dict = os.environ) -> str:
     if user is None:  # Ruby's `ENV["USER"] || ENV["USERNAME"] || ""`: "" is truthy there
         user = env.get("USERNAME", "")
     raw = f"{socket.gethostname()}:{user}:{ruby_platform()}"
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()  # undecodable bytes as Ruby sees them
 
 
-def device_and_brand(home: Path, env: os._Environ | dict = os.environ) -> tuple[str, str | None]:
-    """The gem's stored device id (one machine is one device) and brand, if any."""
+def brand_identity(home: Path | None, env: os._Environ | dict = os.environ) -> tuple[str, str | None, bool]:
+    """The gem's stored device id (one machine is one device) and brand, if any, and whether
+    the id was read from ``brand.yml`` (True) or computed (False). Never raises."""
     data = read_brand_file(home)
     device_id = data.get("device_id")
-    if not isinstance(device_id, str) or not device_id.strip():
+    stored = isinstance(device_id, str) and bool(device_id.strip())
+    if not stored:
         device_id = computed_device_id(env)
     brand = None
     if data.get("product_name") and isinstance(data.get("package_name"), str):
         brand = data["package_name"]
-    return device_id.strip(), brand
+    return device_id.strip(), brand, stored
+
+
+def device_and_brand(home: Path | None, env: os._Environ | dict = os.environ) -> tuple[str, str | None]:
+    """The gem's stored device id (one machine is one device) and brand, if any."""
+    return brand_identity(home, env)[:2]
 
 
 def detect_ci(env: os._Environ | dict = os.environ) -> bool:

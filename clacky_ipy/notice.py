@@ -24,7 +24,11 @@ Opt out: %clacky_telemetry off (or `clacky-ipy telemetry off` in a shell), or CL
 
 
 def marker(home: Path | None = None) -> Path:
-    return (home or clacky_home()) / NOTICE_FILE
+    """The marker file; OSError when the Clacky home cannot be resolved."""
+    home = home or clacky_home()
+    if home is None:
+        raise OSError("the Clacky home cannot be resolved")
+    return home / NOTICE_FILE
 
 
 def seen(home: Path | None = None) -> bool:

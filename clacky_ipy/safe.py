@@ -32,8 +32,12 @@ def printable(text: str) -> str:
 
 
 def csv_cell(value: Any) -> Any:
-    """`value` as a CSV cell no spreadsheet runs: a text starting like a formula gets a leading
-    apostrophe (shown as text, the apostrophe hidden); numbers and None pass unchanged."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        return "'" + value
-    return value
+    """`value` as a CSV cell no spreadsheet runs and no terminal obeys: a text starting like a
+    formula gets a leading apostrophe (shown as text, the apostrophe hidden), then its control
+    characters are escaped as in `printable` (a CSV is also read with ``cat``; and a NUL makes
+    Python's csv reader before 3.11 refuse the line). Numbers and None pass unchanged."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_START):
+        value = "'" + value
+    return printable(value)

