@@ -403,8 +403,9 @@ def child_cells(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def hooks_in_run_cell(shell: Any, n: int = 4000) -> dict[str, float]:
-    """The two hooks' own cost inside real `run_cell`s (their caches as a cell leaves them),
-    timed by wrappers registered in their place (the wrappers' ~0.1 µs included)."""
+    """The two hooks' own cost inside real `run_cell`s (their caches as a cell leaves them):
+    timed by wrappers registered in their place, less the same wrappers around no-ops, so
+    the timing's own cost is not counted. Rounds of each alternate."""
     from time import perf_counter_ns
 
     import clacky_ipy
@@ -414,36 +415,48 @@ def hooks_in_run_cell(shell: Any, n: int = 4000) -> dict[str, float]:
     shell.config.ClackyTelemetry.enabled = True
     shell.run_line_magic("load_ext", "clacky_ipy")
     hooks = magics._ACTIVE[shell]
-    pre, post = hooks.pre_run_cell, hooks.post_run_cell
-    spent: list[int] = []
-    started = [0]
-
-    def timed_pre(info: Any) -> None:
-        t0 = perf_counter_ns()
-        pre(info)
-        started[0] = perf_counter_ns() - t0
-
-    def timed_post(result: Any) -> None:
-        t0 = perf_counter_ns()
-        post(result)
-        spent.append(started[0] + perf_counter_ns() - t0)
-
     events = shell.events
-    events.unregister("pre_run_cell", pre)
-    events.unregister("post_run_cell", post)
-    events.register("pre_run_cell", timed_pre)
-    events.register("post_run_cell", timed_post)
-    for i in range(n):
-        shell.run_cell("x = 1", store_history=True)
-        if i % 500 == 0:
-            clacky_ipy.flush(10)
-    events.unregister("pre_run_cell", timed_pre)
-    events.unregister("post_run_cell", timed_post)
-    events.register("pre_run_cell", pre)
-    events.register("post_run_cell", post)
+    real = (hooks.pre_run_cell, hooks.post_run_cell)
+    events.unregister("pre_run_cell", real[0])
+    events.unregister("post_run_cell", real[1])
+    spent: dict[str, list[int]] = {"hooks": [], "no-ops": []}
+
+    def timed(pre: Callable[[Any], None], post: Callable[[Any], None], into: list[int]) -> tuple[Any, Any]:
+        started = [0]
+
+        def timed_pre(info: Any) -> None:
+            t0 = perf_counter_ns()
+            pre(info)
+            started[0] = perf_counter_ns() - t0
+
+        def timed_post(result: Any) -> None:
+            t0 = perf_counter_ns()
+            post(result)
+            into.append(started[0] + perf_counter_ns() - t0)
+
+        return timed_pre, timed_post
+
+    variants = {"hooks": real, "no-ops": (lambda info: None, lambda result: None)}
+    for _ in range(n // 200):
+        for name, (pre, post) in variants.items():
+            pair = timed(pre, post, spent[name])
+            events.register("pre_run_cell", pair[0])
+            events.register("post_run_cell", pair[1])
+            for _ in range(100):
+                shell.run_cell("x = 1", store_history=True)
+            events.unregister("pre_run_cell", pair[0])
+            events.unregister("post_run_cell", pair[1])
+        clacky_ipy.flush(10)
+    events.register("pre_run_cell", real[0])
+    events.register("post_run_cell", real[1])
     clacky_ipy.flush(30)
     shell.run_line_magic("unload_ext", "clacky_ipy")
-    return {"median": median_us(spent), "mean": statistics.fmean(spent) / 1000}
+    timing = median_us(spent["no-ops"])
+    return {
+        "median": median_us(spent["hooks"]) - timing,
+        "mean": (statistics.fmean(spent["hooks"]) - statistics.fmean(spent["no-ops"])) / 1000,
+        "timing_median": timing,
+    }
 
 
 def hooks_cost(shell: Any, n: int = 20000) -> dict[str, float]:

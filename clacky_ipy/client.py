@@ -55,6 +55,25 @@ WAITING = "waiting for the notice"
 INTERRUPTED = KeyboardInterrupt()
 
 
+def _env_switch_set() -> bool:
+    """Whether CLACKY_TELEMETRY or DO_NOT_TRACK is set at all (then `env_off_reason` decides).
+
+    The cell hook's check of the environment, in about 0.1 µs: two look-ups of keys encoded
+    once in CPython's ``os.environ._data``. Anything unusual answers True (the full check).
+    """
+    try:
+        data = os.environ._data  # type: ignore[attr-defined]
+        return _ENV_KEYS[0] in data or _ENV_KEYS[1] in data
+    except Exception:
+        return True
+
+
+try:
+    _ENV_KEYS = tuple(os.environ.encodekey(name) for name in ("CLACKY_TELEMETRY", "DO_NOT_TRACK"))  # type: ignore[attr-defined]
+except Exception:  # os.environ replaced by another mapping
+    _ENV_KEYS = ()
+
+
 def is_extension_cell(raw_cell: Any) -> bool:
     """The cell that (re)loads this extension is never tracked."""
     return isinstance(raw_cell, str) and "load_ext" in raw_cell and "clacky_ipy" in raw_cell
@@ -341,7 +360,7 @@ class Client:
             or self.startup_pending
             or self._debug
             or self.switched_off
-            or env_off_reason()
+            or _env_switch_set()
         ):
             return self.submit("task", data, end)
         return self.transport.submit("task", data, end)

@@ -87,6 +87,7 @@ class ClackyMagics(Magics):
         self._pending: list[tuple[dict[str, str], float]] = []
         self._marked: list[tuple[Any, dict[str, str], float]] = []
         self._marked_hooked = False
+        self._last_marked: Any = None  # the ExecutionInfo of the last %%clacky cell that sent its event
 
         def transformer(lines: list[str]) -> list[str]:
             return self._transform(lines)
@@ -109,7 +110,7 @@ class ClackyMagics(Magics):
             if frames:
                 return  # a nested run, e.g. the body of %%clacky
             claimed, self._claimed = self._claimed, False
-            if claimed or (self._marked and self._marked[-1][0] is info):
+            if claimed or info is self._last_marked or (self._marked and self._marked[-1][0] is info):
                 return  # a %%clacky cell sends its own event
             # ipykernel passes None for an interrupted async cell
             error = INTERRUPTED if result is None else (result.error_before_exec or result.error_in_exec)
@@ -210,6 +211,7 @@ class ClackyMagics(Magics):
                     return  # a nested run inside the marked cell
                 error = result.error_before_exec or result.error_in_exec
                 value = result.result
+                self._last_marked = info  # whichever post_run_cell hook runs first, the cell sends one event
             self._send(options, error, round((perf_counter() - start) * 1000), value)
         except Exception:
             pass  # a hook that raises prints a traceback on every cell

@@ -3,7 +3,7 @@
 The caller's thread only appends a small tuple to a deque. Everything slow — importing
 requests, building the payload, the network — happens on the worker, which waits while
 the user is busy (events keep coming) and sends when the shell has been idle for
-`IDLE_S`, when `BATCH` events wait, when the oldest has waited `MAX_WAIT_S`, or when
+`IDLE_S`, when the queue is half full, when the oldest has waited `MAX_WAIT_S`, or when
 someone flushes. While events wait, up to ``max_connections`` requests are in flight,
 each on its own keep-alive connection; with nothing waiting there is one thread.
 
@@ -33,10 +33,10 @@ from .payload import PATHS
 RETRY_AFTER_DEFAULT = 60.0
 RETRY_AFTER_MAX = 300.0
 
-#: Deferral: the worker sends once no event was made for IDLE_S (the shell is idle),
-#: or BATCH events wait, or the oldest has waited MAX_WAIT_S; a flush sends at once.
+#: Deferral: the worker sends once no event was made for IDLE_S (the shell is idle), or
+#: the oldest has waited MAX_WAIT_S, or the queue is half full (`max_queue_size` // 2, so
+#: that nothing is dropped while it waits); a flush sends at once.
 IDLE_S = 0.05
-BATCH = 100
 MAX_WAIT_S = 1.0
 
 #: Events waiting, beyond the one the worker sends, before another sender is added: a
@@ -315,7 +315,8 @@ class Transport:
         self._shutdown_timeout = shutdown_timeout
         self.max_queue_size = 1000
         self.max_connections = 4
-        self.idle_s, self.batch, self.max_wait_s = IDLE_S, BATCH, MAX_WAIT_S
+        self.idle_s, self.max_wait_s = IDLE_S, MAX_WAIT_S
+        self.batch: int | None = None  # None: half of max_queue_size
         self._generation = 0
         self._bell: threading.Event | None = None
         self.reset()
@@ -360,7 +361,7 @@ class Transport:
             self._drop(event, "dropped: queue full")
             return False
         queue.append((event, data, perf_counter() if made_at is None else made_at))
-        if self._idle or waiting + 1 == self.batch or self._thread is None:
+        if self._idle or waiting + 1 == (self.batch or self.max_queue_size >> 1) or self._thread is None:
             self._ring()  # the worker waits for an event, or the batch is full: send now
         return True
 
@@ -396,6 +397,13 @@ class Transport:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
+                    if self._thread is None and self._queue:  # the worker ended meanwhile
+                        self._changed.release()
+                        try:
+                            self._start()
+                            self._bell.set()
+                        finally:
+                            self._changed.acquire()
                     self._changed.wait(left)
             return True
         finally:
@@ -438,7 +446,12 @@ class Transport:
             pass
 
     def _ring(self) -> None:
-        """Wake the worker, or start one when there is none (or it died)."""
+        """Wake the worker, or start one when there is none (or it died).
+
+        Once rung, the worker will look at the queue: until it waits again, later events
+        need not ring (each ring costs the user's thread a lock and a notify).
+        """
+        self._idle = False
         if self._thread is None:
             self._start()
         self._bell.set()
@@ -499,7 +512,7 @@ class Transport:
         if self._urgent or self._due > 0:
             return 0.0
         delay = min(last[2] + self.idle_s, first[2] + self.max_wait_s) - now
-        if delay <= 0 or len(queue) >= self.batch:
+        if delay <= 0 or len(queue) >= (self.batch or self.max_queue_size >> 1):
             self._due = len(queue)
             return 0.0
         return delay

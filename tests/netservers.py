@@ -9,6 +9,7 @@ recorded, so a test can tell whether an event reached a server (and how often).
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -42,8 +43,9 @@ def read_request(conn: socket.socket) -> bytes | None:
 class Server:
     """A TCP server on 127.0.0.1; `handler(server, conn)` serves each connection in a thread."""
 
-    def __init__(self, handler: Callable[[Server, socket.socket], None]) -> None:
+    def __init__(self, handler: Callable[[Server, socket.socket], None], tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.bodies: list[bytes] = []
         self.active = self.most_active = 0
         self.bytes_sent = 0
@@ -52,7 +54,8 @@ class Server:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(128)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -65,6 +68,8 @@ class Server:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)  # a client that refuses the certificate ends here
             self.handler(self, conn)
         except OSError:
             pass

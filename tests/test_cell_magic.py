@@ -264,3 +264,16 @@ def test_top_level_await_in_terminal_ipython(receiver, tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
     (task,) = receiver.events("task")
     assert (task["trigger"], task["status"], task["model"], task["frontend"]) == ("magic", "success", "t", "terminal")
+
+
+def test_one_event_whichever_hook_runs_first(ip, receiver):
+    """Should the %%clacky hooks run before the track_cells ones: still one event for the cell."""
+    load(ip, endpoint=receiver.url, track_cells=True)
+    magics = ip.find_cell_magic("clacky").__self__
+    ip.events.callbacks["pre_run_cell"].insert(0, magics._marked_pre)
+    ip.events.callbacks["post_run_cell"].insert(0, magics._marked_post)
+    magics._marked_hooked = True
+    run(ip, "%%clacky\n1")
+    run(ip, "x = 1")
+    receiver.wait()
+    assert [e["trigger"] for e in receiver.events("task")] == ["magic", "cell"]

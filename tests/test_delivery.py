@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import shutil
+import ssl
 import subprocess
 import time
 
@@ -21,8 +23,8 @@ from clacky_ipy.transport import Plan, Transport
 def servers():
     started = []
 
-    def start(handler):
-        server = netservers.Server(handler)
+    def start(handler, tls=None):
+        server = netservers.Server(handler, tls)
         started.append(server)
         return server
 
@@ -100,6 +102,32 @@ def test_dns_failure_and_connect_timeout_fail_over(servers):
             sock.close()
     assert [json.loads(b) for b in fallback.bodies] == [{"n": 1}]
     assert transport.sent == 1 and transport.failed == 0
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    """A TLS server context with a certificate no one trusts (certifi's CAs do not know it)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def test_a_tls_failure_fails_over_and_the_certificate_is_verified(servers, self_signed):
+    untrusted = servers(netservers.delaying(0), tls=self_signed)
+    fallback = servers(netservers.delaying(0))
+    transport = transport_to(untrusted.url, fallback.url)
+    transport.submit("task", {"n": 1})
+    assert transport.flush(10)
+    assert untrusted.bodies == []  # the handshake failed: nothing was written
+    assert [json.loads(b) for b in fallback.bodies] == [{"n": 1}]
 
 
 # -- bounded concurrency ----------------------------------------------------------------------------
