@@ -1196,7 +1196,7 @@ class Bench:
         self.row(f"rebuild of {n:,} raw events, SQLite", f"{rebuilt:.1f} s (whole command)", "report it", None)
         self._reports("SQLite", str(db), n, before)
 
-        from pgserver import Cluster, server_binaries
+        from pgcluster import Cluster, server_binaries
 
         bindir = server_binaries()
         if bindir is None:

@@ -176,7 +176,7 @@ def _value(key: str, kind: str, value: Any) -> Any:
     if key == "error_kind":  # a class name, never a message (even one passed by hand)
         return value if type(value) is str and _CLASS_NAME.fullmatch(value) else None
     if kind == STR:
-        return text(str.__str__(value)) if isinstance(value, str) and value else None
+        return text(str.__str__(value)) if isinstance(value, str) and str.__len__(value) else None
     if kind == BOOL:
         return value if value is True or value is False else None
     return number(key, value)
@@ -187,14 +187,18 @@ def clean(event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
 
     Strings are made valid UTF-8 and capped at `MAX_STR` characters; numbers must be
     int or float (never bool) within `number`'s bounds; None is dropped rather than
-    sent as null. Client and collector both call this: it is the one definition.
+    sent as null; a value that cannot be read is left out, never raised. Client and
+    collector both call this: it is the one definition.
     """
     keys = KEYS[event]
     out = {}
     for key, value in fields.items():
         kind = keys.get(key)
         if kind is not None:
-            value = _value(key, kind, value)
+            try:
+                value = _value(key, kind, value)
+            except Exception:  # a user's str or number subclass whose own methods raise: left out
+                continue
             if value is not None:
                 out[key] = value
     return out

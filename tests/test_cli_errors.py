@@ -188,3 +188,31 @@ def test_collect_on_loopback_says_nothing_on_stderr(tmp_path, host):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and err == ""
+
+
+def test_report_into_a_pipe_closed_early_is_quiet(tmp_path):
+    """`clacky-ipy report ... | head -2`: exit 0, no BrokenPipeError traceback."""
+    store = open_store(tmp_path / "many.db")
+    store.add_batch([(f"2026-11-{1 + i % 28:02d}T10:00:00.000000Z", "task", {"model": f"m{i}"}) for i in range(3000)])
+    store.close()
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "clacky_ipy", "report", "--db", str(tmp_path / "many.db")],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout.readline().startswith(b"clacky-ipy report")
+    proc.stdout.close()  # the reader had what it wanted
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and err == ""
+
+
+def test_collect_without_the_collector_extra_says_which_and_creates_nothing(tmp_path):
+    code = (
+        "import sys; sys.modules['uvicorn'] = None\n"  # as if uvicorn were not installed
+        "from clacky_ipy.cli import main\n"
+        f"sys.exit(main(['collect', '--db', {str(tmp_path / 'e.db')!r}, '--port', '0']))\n"
+    )
+    proc = subprocess.run([PYTHON, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    one_line_error(proc, "clacky-ipy[collector]")
+    assert list(tmp_path.iterdir()) == []

@@ -65,6 +65,32 @@ class BadInt(int):
         raise RuntimeError("no")
 
 
+class BadStr(str):
+    """A str subclass whose own methods raise (the value itself is a fine string)."""
+
+    def __len__(self):
+        raise RuntimeError("no len")
+
+    def __bool__(self):
+        raise RuntimeError("no bool")
+
+    def __eq__(self, other):
+        raise RuntimeError("no eq")
+
+    def __str__(self):
+        raise RuntimeError("no str")
+
+    __hash__ = str.__hash__
+
+
+class BadFloat(float):
+    def __float__(self):
+        raise RuntimeError("no")
+
+    def __round__(self, ndigits=None):
+        raise RuntimeError("no")
+
+
 class Meta(type):
     @property
     def __name__(cls):
@@ -86,6 +112,11 @@ ODD_RESULTS = {
     "raising cache_stats": ({"model": "m", "cache_stats": BadMapping(("prompt_tokens",))}, {"model": "m"}),
     "huge tokens": ({"cache_stats": {"prompt_tokens": 10**30, "completion_tokens": 7}}, {"completion_tokens": 7}),
     "int subclass that raises": ({"iterations": BadInt(3), "model": "m"}, {"model": "m", "iterations": 3}),
+    "str subclass that raises": ({"model": BadStr("m"), "status": BadStr("error")}, {"model": "m", "status": "error"}),
+    "float subclass that raises": (
+        {"total_cost_usd": BadFloat(0.5), "duration_seconds": BadFloat(1.0)},
+        {"cost_usd": 0.5, "duration_ms": 1000},
+    ),
     "numpy scalars": (
         {"iterations": np.int64(4), "total_cost_usd": np.float32(0.5), "duration_seconds": np.float64(2.0)},
         {"iterations": 4, "cost_usd": 0.5, "duration_ms": 2000},
@@ -114,6 +145,11 @@ def test_interrupts_and_cancellations_are_interrupted():
     assert payload.status_of(ValueError()) == "error"
 
 
+def test_clean_leaves_out_what_it_cannot_read():
+    fields = {"model": BadStr("gpt"), "provider": "p", "iterations": BadInt(2), "cost_usd": BadFloat(0.25)}
+    assert payload.clean("task", fields) == {"model": "gpt", "provider": "p", "iterations": 2, "cost_usd": 0.25}
+
+
 def test_error_kind_never_raises():
     assert payload.error_kind(NamelessError()) is None
     assert payload.error_kind(ValueError("secret")) == "ValueError"
@@ -134,6 +170,8 @@ HOSTILE_NS = {
     "HalfBadMapping": HalfBadMapping,
     "RaisingEq": RaisingEq,
     "BadInt": BadInt,
+    "BadStr": BadStr,
+    "BadFloat": BadFloat,
     "np": np,
 }
 
@@ -171,7 +209,9 @@ LEAVES = (
     | st.floats()
     | st.text()
     | st.binary()
-    | st.sampled_from([RaisingEq(), BadInt(1), np.int64(3), np.float64(1.5), np.array([1]), BadMapping()])
+    | st.sampled_from(
+        [RaisingEq(), BadInt(1), BadStr("s"), BadFloat(2.5), np.int64(3), np.float64(1.5), np.array([1]), BadMapping()]
+    )
 )
 RESULT_KEYS = sorted({*payload.RESULT_KEYS, "duration_seconds", "cache_stats", *payload.CACHE_STATS_KEYS})
 VALUES = st.recursive(
