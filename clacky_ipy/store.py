@@ -555,8 +555,11 @@ class _SQLite(_Engine):
             if not create:
                 raise StoreError(f"no database at {path}")
             if not path.parent.is_dir():
-                path.parent.stat()  # its OSError says why (not a folder, a loop, no permission)
-                raise StoreError(f"{path}: the folder {path.parent} does not exist")
+                try:  # any other OSError says why (a loop of links, no permission, a name too long)
+                    path.parent.stat()
+                except FileNotFoundError:
+                    raise StoreError(f"{path}: the folder {path.parent} does not exist") from None
+                raise StoreError(f"{path}: {path.parent} is not a folder")
         elif path.stat().st_size == 0 and not create:
             raise StoreError(f"{path}: an empty file, not a clacky-ipy database")
 
