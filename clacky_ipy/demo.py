@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import report
+from . import report, safe
 from .collector import Collector
 
 #: Switches that would silence the demo's own local events; the demo's kernel drops them.
@@ -177,14 +177,20 @@ def main(notebook: str | None = None, keep: str | None = None) -> int:
     except ImportError:
         print("The demo needs the demo extra: pip install 'clacky-ipy[demo]'", file=sys.stderr)
         return 2
-    path = find_notebook(notebook)
+    try:  # a name too long, a loop of links, no permission: one line, like every operator error
+        path = find_notebook(notebook)
+        kept = Path(keep).expanduser() if keep else None
+        problem = None
+        if kept is not None and (kept.exists() or not kept.parent.is_dir()):
+            problem = "already exists" if kept.exists() else "is in a folder that does not exist"
+    except OSError as exc:
+        print(safe.printable(f"clacky-ipy demo: {exc.filename}: {exc.strerror or exc}"), file=sys.stderr)
+        return 2
     if path is None:
         names = ", ".join(bundled_notebooks())
         print(f"clacky-ipy demo: no notebook {notebook!r}: give a path or a bundled one ({names})", file=sys.stderr)
         return 2
-    kept = Path(keep).expanduser() if keep else None
-    if kept is not None and (kept.exists() or not kept.parent.is_dir()):
-        problem = "already exists" if kept.exists() else "is in a folder that does not exist"
+    if problem:
         print(f"clacky-ipy demo: --keep {kept}: {problem}; give a new file's path", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="clacky-demo-") as tmp:

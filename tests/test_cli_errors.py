@@ -323,3 +323,10 @@ def test_odd_database_paths_are_one_line_or_work(tmp_path_factory, tail):
         open_store(path).close()
     except StoreError:
         pass  # `collect` prints it as one line (see test_database_paths_the_file_system_refuses)
+
+
+@pytest.mark.parametrize("option", ["--notebook", "--keep"])
+def test_demo_path_the_file_system_refuses(tmp_path, option):
+    """`demo --notebook` / `--keep` with a name too long: one line, before any kernel starts."""
+    one_line_error(run("demo", option, str(tmp_path / (LONG + ".ipynb"))), "clacky-ipy demo", "too long")
+    assert list(tmp_path.iterdir()) == []
