@@ -104,11 +104,17 @@ class ClackyMagics(Magics):
         end = perf_counter()
         try:
             frames = self._frames
-            if not frames or (result is not None and frames[-1][0] is not result.info):
-                return  # no matching pre_run_cell: the cell that loaded the extension
-            info, start = frames.pop()
-            if frames:
-                return  # a nested run, e.g. the body of %%clacky
+            if not frames:
+                return  # no pre_run_cell: the cell that loaded the extension
+            if result is not None and frames[-1][0] is result.info:
+                info, start = frames.pop()
+                if frames:
+                    return  # a nested run, e.g. the body of %%clacky
+            else:
+                closed = _close(frames, result)
+                if closed is None or closed[0]:
+                    return  # a nested run, or a cell whose pre_run_cell this hook never saw
+                info, start = closed[1]
             claimed, self._claimed = self._claimed, False
             if claimed or info is self._last_marked or (self._marked and self._marked[-1][0] is info):
                 return  # a %%clacky cell sends its own event
@@ -194,24 +200,23 @@ class ClackyMagics(Magics):
         """A cell ended: when it is the marked one, send its event (trigger ``magic``)."""
         try:
             marked = self._marked
+            info = None if result is None else result.info
+            closed = _close(marked, result) if marked else None
+            if closed is not None:
+                original, options, start = closed[1]
+            elif info is not None and self._pending and _MARKED.match(info.raw_cell):  # transformed after pre
+                options, start = self._pending.pop()
+                self._pending.clear()
+                original = info
+            else:
+                return  # a nested run inside the marked cell
             if result is None:  # ipykernel: an interrupted async cell
-                if not marked:
-                    return
-                _, options, start = marked.pop()
-                error: BaseException | None = KeyboardInterrupt()
+                error: BaseException | None = INTERRUPTED
                 value = None
             else:
-                info = result.info
-                if marked and marked[-1][0] is info:
-                    _, options, start = marked.pop()
-                elif self._pending and _MARKED.match(info.raw_cell):  # transformed after pre_run_cell
-                    options, start = self._pending.pop()
-                    self._pending.clear()
-                else:
-                    return  # a nested run inside the marked cell
                 error = result.error_before_exec or result.error_in_exec
                 value = result.result
-                self._last_marked = info  # whichever post_run_cell hook runs first, the cell sends one event
+            self._last_marked = original  # whichever post_run_cell hook runs first, the cell sends one event
             self._send(options, error, round((perf_counter() - start) * 1000), value)
         except Exception:
             pass  # a hook that raises prints a traceback on every cell
@@ -351,6 +356,36 @@ class ClackyMagics(Magics):
             )
         else:
             raise UsageError(f"unknown argument {line.strip()!r}: use %clacky_telemetry [status|on|off|log [N]|flush]")
+
+
+def _close(stack: list[Any], result: Any) -> tuple[int, Any] | None:
+    """Pop the running cell that `result` ends, with any run left open above it: (its index, entry).
+
+    Each entry starts with the ``ExecutionInfo`` its ``pre_run_cell`` received. Usually that is
+    ``result.info`` on top of the stack; but when ``KeyboardInterrupt`` escapes the async runner,
+    IPython reports the cell with a new ``ExecutionInfo`` of the same cell, and ipykernel passes
+    ``None`` for an interrupted async cell (always the outermost one). Index 0 is a top-level cell.
+    None when the result ends no entry (an empty cell, a cell begun before the hooks were).
+    """
+    if result is None:
+        index = 0 if stack else -1
+    else:
+        info = result.info
+        index = len(stack) - 1
+        while index >= 0 and not _same_cell(stack[index][0], info):
+            index -= 1
+    if index < 0:
+        return None
+    entry = stack[index]
+    del stack[index:]  # never leave a stale run behind: later cells would look nested
+    return index, entry
+
+
+def _same_cell(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    fields = ("raw_cell", "store_history", "silent", "cell_id")
+    return all(getattr(a, name, None) == getattr(b, name, None) for name in fields)
 
 
 def _unquote(value: str | None) -> str | None:
