@@ -36,6 +36,8 @@ from .status import status_text
 
 #: What ``%clacky_telemetry`` accepts, for the usage line and for completion.
 TELEMETRY_COMMANDS = ("status", "on", "off", "log", "flush")
+#: What completion offers after ``%clacky_telemetry log``.
+LOG_COUNTS = ("10", "20", "50", "100")
 #: ``%%clacky`` / ``%clacky`` options, for completion.
 CLACKY_OPTIONS = ("--model", "--provider", "--result")
 
@@ -45,10 +47,13 @@ _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shell -> its
 #: The options the transformer understands; any other line is left to the magic, which explains it.
 _OPTIONS = r"((?:[ \t]+--(?:model|provider|result)(?:=|[ \t]+)\S+)*)"
 _CELL_HEAD = re.compile(r"%%clacky" + _OPTIONS + r"[ \t]*\r?\n?")
-_LINE_HEAD = re.compile(r"%clacky" + _OPTIONS + r"[ \t]+(?=\S)")
+_LINE_HEAD = re.compile(r"%clacky" + _OPTIONS + r"[ \t]+(?=\S)(?!--)")  # `--`: a bad option, not code
 _OPTION = re.compile(r"--(model|provider|result)(?:=|[ \t]+)(\S+)")
+#: A `%clacky` line of options (a value may be missing) and nothing else.
+_ONLY_OPTIONS = re.compile(r"(?:\s*--(?:model|provider|result)(?:(?:=|[ \t]+)(?!-)\S+)?)*\s*")
+_NO_STATEMENT = "%clacky needs a statement, or use %%clacky as a cell magic"
 #: A raw cell that starts with %%clacky or %clacky: cheap, and run only while a marked cell is pending.
-_MARKED = re.compile(r"\s*%%?clacky(?![\w])")
+_MARKED = re.compile(r"\s*(?:%%\S[^\n]*\n)?%%?clacky(?![\w])")  # under another cell magic too
 
 
 def _options(text: str) -> dict[str, str]:
@@ -155,22 +160,32 @@ class ClackyMagics(Magics):
 
         ``%%clacky [options]`` becomes a comment (``# %%clacky ...``), so line
         numbers stay those of the cell as shown and ``In[n]`` still says what it
-        was; ``%clacky [options] STATEMENT`` as the cell's only line becomes the
-        statement. Anything else, including an empty body or options it does not
-        know, is left to the magic.
+        was; over another cell magic (``%%time``) the line is removed, so that
+        magic is the cell's first line again, and right under one
+        (``%%time`` then ``%%clacky``) it is removed too and marks the whole cell.
+        ``%clacky [options] STATEMENT`` as the cell's only line becomes the
+        statement. Anything else, including an empty body, options without a
+        statement, or options it does not know, is left to the magic.
         """
         try:
             first = lines[0] if lines else ""
-            if not first.startswith("%clacky") and not first.startswith("%%clacky"):
+            if not first.startswith("%"):
                 return lines
-            head = _CELL_HEAD.fullmatch(first)
-            if head and "".join(lines[1:]).strip():
-                out = ["# " + first.rstrip("\r\n") + "\n", *lines[1:]]
-            else:
-                head = _LINE_HEAD.match(first)
-                if head is None or "".join(lines[1:]).strip():
+            if first.startswith("%%clacky"):
+                head, out = _CELL_HEAD.fullmatch(first), lines[1:]
+                if head and out and not out[0].startswith("%%"):
+                    out = ["# " + first.rstrip("\r\n") + "\n", *out]
+            elif first.startswith("%clacky"):
+                head, out = _LINE_HEAD.match(first), lines[1:]
+                if head is None or "".join(out).strip():
                     return lines
-                out = [first[head.end() :], *lines[1:]]
+                out = [first[head.end() :]]
+            elif first.startswith("%%") and len(lines) > 1 and lines[1].startswith("%%clacky"):
+                head, out = _CELL_HEAD.fullmatch(lines[1]), [first, *lines[2:]]
+            else:
+                return lines
+            if head is None or not "".join(out).strip():
+                return lines
             self._pending.append((_options(head.group(1)), perf_counter()))
             self._hook_marked(True)
             return out
@@ -282,12 +297,14 @@ class ClackyMagics(Magics):
         body runs through ``run_cell`` inside the calling cell, where top-level
         ``await`` is not available in a running event loop.
         """
+        if cell is None and _ONLY_OPTIONS.fullmatch(line):
+            raise UsageError(_NO_STATEMENT)  # `%clacky --model m`: never run the options as code
         opts, statement = self.parse_options(
             line, "", "model=", "provider=", "result=", posix=False, strict=False, preserve_non_opts=True
         )
         body = statement if cell is None else cell
         if not body.strip():
-            raise UsageError("%clacky needs a statement, or use %%clacky as a cell magic")
+            raise UsageError(_NO_STATEMENT)
         shell = self.shell
         outer = shell.displayhook.exec_result  # the ExecutionResult of the cell running this magic
         self._claimed = bool(self._frames)
@@ -428,7 +445,10 @@ def _suggest(text: str, first_line: bool) -> tuple[list[str], bool]:
     if head in ("%clacky_telemetry", "clacky_telemetry"):
         if len(words) == 1:
             return [c for c in TELEMETRY_COMMANDS if c.startswith(token)], True
-        return [], words[0] == "log"  # `log N`: a number, nothing to offer
+        if words[0] == "log" and len(words) == 2:
+            # `log N`: offer counts, so no keywords or file names do (an empty answer suppresses nothing)
+            return [n for n in LOG_COUNTS if n.startswith(token)], True
+        return [], False
     if (head == "%%clacky" and first_line) or head == "%clacky":
         expects_value = len(words) > 1 and words[-2] in CLACKY_OPTIONS
         if expects_value or not (token.startswith("-") or (head == "%%clacky" and not token)):
