@@ -26,6 +26,7 @@ from time import perf_counter
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from .client import CLIENT, INTERRUPTED, LOG_SIZE
@@ -49,6 +50,10 @@ _OPTIONS = r"((?:[ \t]+--(?:model|provider|result)(?:=|[ \t]+)\S+)*)"
 _CELL_HEAD = re.compile(r"%%clacky" + _OPTIONS + r"[ \t]*\r?\n?")
 _LINE_HEAD = re.compile(r"%clacky" + _OPTIONS + r"[ \t]+(?=\S)(?!--)")  # `--`: a bad option, not code
 _OPTION = re.compile(r"--(model|provider|result)(?:=|[ \t]+)(\S+)")
+#: IPython runs each cell in ``InteractiveShell.run_cell_async`` (IPython 7 to 9), whose local
+#: ``info`` is the cell's ExecutionInfo: how a hook tells a running outer cell from one that ended.
+_RUNNER_CODE = getattr(getattr(InteractiveShell, "run_cell_async", None), "__code__", None)
+_HAS_CELL_RUNNER = _RUNNER_CODE is not None and "info" in _RUNNER_CODE.co_varnames
 #: A `%clacky` line of options (a value may be missing) and nothing else.
 _ONLY_OPTIONS = re.compile(r"(?:\s*--(?:model|provider|result)(?:(?:=|[ \t]+)(?!-)\S+)?)*\s*")
 _NO_STATEMENT = "%clacky needs a statement, or use %%clacky as a cell magic"
@@ -113,13 +118,15 @@ class ClackyMagics(Magics):
                 return  # no pre_run_cell: the cell that loaded the extension
             if result is not None and frames[-1][0] is result.info:
                 info, start = frames.pop()
-                if frames:
-                    return  # a nested run, e.g. the body of %%clacky
             else:
                 closed = _close(frames, result)
-                if closed is None or closed[0]:
-                    return  # a nested run, or a cell whose pre_run_cell this hook never saw
+                if closed is None:
+                    return  # a cell whose pre_run_cell this hook never saw (an empty one)
                 info, start = closed[1]
+            if frames:
+                if _running(frames[0][0]):
+                    return  # a nested run, e.g. the body of %%clacky
+                frames.clear()  # they ended unseen: this cell is top-level, and so are the next ones
             claimed, self._claimed = self._claimed, False
             if claimed or info is self._last_marked or (self._marked and self._marked[-1][0] is info):
                 return  # a %%clacky cell sends its own event
@@ -200,6 +207,8 @@ class ClackyMagics(Magics):
     def _marked_pre(self, info: Any) -> None:
         """The transformed cell starts: bind its options to its ExecutionInfo."""
         try:
+            if self._marked and not _running(self._marked[0][0]):
+                self._marked.clear()  # marked cells that ended unseen
             pending = self._pending
             if pending:
                 options, _ = pending[-1]
@@ -396,6 +405,22 @@ def _close(stack: list[Any], result: Any) -> tuple[int, Any] | None:
     entry = stack[index]
     del stack[index:]  # never leave a stale run behind: later cells would look nested
     return index, entry
+
+
+def _running(info: Any) -> bool:
+    """Whether the cell `info` describes still runs: its ``run_cell_async`` is on this thread's stack.
+
+    Asked only when a cell starts or ends with another one still open below it (a nested run, or a
+    run that ended without its ``post_run_cell``), so the common cell never pays for the walk.
+    """
+    if not _HAS_CELL_RUNNER:
+        return True  # cannot tell: the old rule, nested, holds
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "run_cell_async" and frame.f_locals.get("info") is info:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _same_cell(a: Any, b: Any) -> bool:

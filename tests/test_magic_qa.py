@@ -81,9 +81,7 @@ def test_clacky_over_another_cell_magic(ip, receiver, capsys):
     assert result.success, result.error_in_exec
     assert "Wall time" in capsys.readouterr().out
     receiver.wait()
-    assert [(e["trigger"], e.get("model"), e["status"]) for e in receiver.events("task")] == [
-        ("magic", "m", "success")
-    ]
+    assert [(e["trigger"], e.get("model"), e["status"]) for e in receiver.events("task")] == [("magic", "m", "success")]
 
 
 def test_clacky_under_another_cell_magic_marks_the_cell(ip, receiver, capsys):
@@ -108,7 +106,9 @@ def test_clacky_over_a_failing_cell_magic_body_is_an_error(ip, receiver):
 
 
 # -- %clacky with options and no statement -------------------------------------------------------
-@pytest.mark.parametrize("line", ["%clacky", "%clacky --model", "%clacky --model m8", "%clacky --model=m8 --provider p "])
+@pytest.mark.parametrize(
+    "line", ["%clacky", "%clacky --model", "%clacky --model m8", "%clacky --model=m8 --provider p "]
+)
 def test_clacky_options_without_a_statement_are_a_usage_error(ip, receiver, capsys, line):
     load(ip, endpoint=receiver.url)
     capsys.readouterr()
@@ -132,3 +132,24 @@ def test_no_keywords_or_files_after_clacky_telemetry_log(ip, receiver, tmp_path,
         with provisionalcompleter():
             offered = [c.text for c in ip.Completer.completions(line, len(line))]
         assert offered and all(word.isdigit() for word in offered), (line, offered)
+
+
+def test_a_run_that_ended_unseen_does_not_make_later_cells_nested(ip, receiver):
+    """Whatever left a run open (a post_run_cell that never came), the next cells are tracked."""
+    load(ip, endpoint=receiver.url, track_cells=True)
+    magics = ip.magics_manager.registry["ClackyMagics"]
+    run(ip, "%%clacky --model first\n1")
+    gone = ip.transform_cell  # any object: a cell that is not running
+    magics._frames.append((gone, 0.0))
+    magics._marked.append((gone, {}, 0.0))
+    run(ip, "y = 2")
+    run(ip, "%%clacky --model second\n2")
+    run(ip, "get_ipython().run_cell('a = 1');")  # nested runs are still not cells
+    assert magics._frames == [] and magics._marked == []
+    receiver.wait()
+    assert [(e["trigger"], e.get("model")) for e in receiver.events("task")] == [
+        ("magic", "first"),
+        ("cell", None),
+        ("magic", "second"),
+        ("cell", None),
+    ]
