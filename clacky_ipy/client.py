@@ -528,7 +528,8 @@ class Client:
             "saved_off": self._user_off,
             "endpoint": config.endpoint,
             "fallback_endpoints": list(config.fallback_endpoints),
-            "device_id": None if context is None else context["device_id"],
+            # exactly what is sent (made valid UTF-8, capped), not brand.yml's text as it is
+            "device_id": None if context is None else payload.clean("startup", context).get("device_id"),
             "device_id_source": None if context is None else device_id_source(home, self._device_stored),
             "notice_pending": self.notice_pending,
             "waiting": self.waiting,
