@@ -306,6 +306,13 @@ def shell_with_memory_history() -> Any:
     return InteractiveShell.instance(config=config)
 
 
+def trimmed_mean(values: list[float], cut: float) -> float:
+    """The mean of `values` without the lowest and highest `cut` of them."""
+    ordered = sorted(values)
+    k = int(len(ordered) * cut)
+    return statistics.fmean(ordered[k : len(ordered) - k] or ordered)
+
+
 def median_us(samples_ns: list[int]) -> float:
     return statistics.median(samples_ns) / 1000
 
@@ -363,15 +370,18 @@ def child_cells(args: dict[str, Any]) -> dict[str, Any]:
     def rounds(configs: tuple[str, ...], n: int, gap: float) -> dict[str, Any]:
         samples: dict[str, list[int]] = {name: [] for name in configs}
         ratios: dict[str, list[float]] = {name: [] for name in configs}
+        mean_ratios: dict[str, list[float]] = {name: [] for name in configs}
         rng = random.Random(7)
         for _ in range(n):
             order = list(configs)
             rng.shuffle(order)
             got = {name: block(name, args["block"], args["skip"], gap) for name in order}
             bare = statistics.median(got["bare"])
+            bare_mean = statistics.fmean(got["bare"])
             for name, times in got.items():
                 samples[name] += times
                 ratios[name].append(statistics.median(times) / bare)
+                mean_ratios[name].append(statistics.fmean(times) / bare_mean)
         bare_mean = statistics.fmean(samples["bare"])
         return {
             "cells_per_config": {name: len(t) for name, t in samples.items()},
@@ -382,6 +392,9 @@ def child_cells(args: dict[str, Any]) -> dict[str, Any]:
             # every round has one block of each: the ratio of means over all rounds is paired too
             "mean_ratio": {name: statistics.fmean(t) / bare_mean for name, t in samples.items()},
             "stall_us": {name: (statistics.fmean(t) - bare_mean) / 1000 for name, t in samples.items()},
+            # the same per round, 10 % of rounds trimmed at each end: a stall of the machine (another
+            # process) hits one round's block of any config; a stall the worker causes hits most rounds
+            "mean_ratio_trimmed": {name: trimmed_mean(r, 0.1) for name, r in mean_ratios.items()},
         }
 
     for _ in range(200):  # warm-up: caches, history, the worker's first connection
@@ -789,17 +802,23 @@ class Bench:
         flood, paced, hooks = r["flood"], r["paced"], r["hooks_us"]
         med, ratio = flood["median_us"], flood["paired_ratio"]
         means, stall, in_cell = flood["mean_ratio"], flood["stall_us"], r["hooks_in_run_cell_us"]
+        trimmed = flood["mean_ratio_trimmed"]
         was = before["flood"] if before else None
         n = flood["cells_per_config"]["bare"]
         self.row("bare IPython", f"{med['bare']:.1f} µs median ({n} cells, {r['rounds']} rounds)", "baseline", None)
         self.row(
             "clacky_ipy, track_cells=True, healthy collector, cells back to back: ratio of means",
-            f"{means['clacky']:.3f} x bare"
-            + (f" (sequential design before: {was['mean_ratio']['clacky']:.3f} x)" if was else "")
+            f"{means['clacky']:.3f} x bare, per round trimmed {trimmed['clacky']:.3f} x"
+            + (
+                f" (sequential design before: {was['mean_ratio']['clacky']:.3f} x, "
+                f"{was['mean_ratio_trimmed']['clacky']:.3f} x)"
+                if was
+                else ""
+            )
             + f"; block medians {ratio['clacky']:.3f} x"
             + (f" (before {was['paired_ratio']['clacky']:.3f} x)" if was else ""),
-            f"<= {TARGETS['cell_ratio']} x (means)",
-            means["clacky"] <= TARGETS["cell_ratio"],
+            f"<= {TARGETS['cell_ratio']} x (means, per round trimmed)",
+            trimmed["clacky"] <= TARGETS["cell_ratio"],
         )
         self.row(
             "main-thread stall per tracked cell in a burst (mean wall minus bare)",
