@@ -47,7 +47,7 @@ def home_problem(env: os._Environ | dict = os.environ) -> str | None:
     return _resolve_home(env)[1]
 
 
-NO_USER_HOME = "no home directory (HOME is empty or unset and this uid has no user entry)"
+NO_USER_HOME = "HOME is empty or unset and this uid has no user entry"
 
 
 def _user_home(env: os._Environ | dict) -> str | None:
@@ -77,11 +77,10 @@ def _resolve_home(env: os._Environ | dict) -> tuple[Path | None, str | None]:
             return Path(home).expanduser(), None  # an absolute path, or ~user/...
         user = _user_home(env)
         if user is None:
-            return None, f"{'CLACKY_HOME' if home else 'the home directory'} cannot be resolved ({NO_USER_HOME})"
+            return None, f"{'CLACKY_HOME' if home else 'the home directory'} cannot be resolved: {NO_USER_HOME}"
         return (Path(user, home[2:]) if home else Path(user, ".clacky")), None
     except Exception as exc:  # RuntimeError, or KeyError from pwd on Python 3.9
-        where = "CLACKY_HOME" if home else "the home directory (no HOME and no user entry)"
-        return None, f"{where} cannot be resolved ({type(exc).__name__})"
+        return None, f"{'CLACKY_HOME' if home else 'the home directory'} cannot be resolved: {type(exc).__name__}"
 
 
 #: brand.yml is read only when it is a regular file of at most this size: the gem writes a few lines.

@@ -1,5 +1,6 @@
-"""Status shows the device id exactly as it is sent: the payload's cleaned id (valid UTF-8, at
-most 64 characters), with control and bidi characters of a hostile brand.yml escaped."""
+"""Status reads right: the device id exactly as it is sent (the payload's cleaned id, valid UTF-8,
+at most 64 characters) with control and bidi characters of a hostile brand.yml escaped, and the
+reason telemetry is off in one pair of parentheses."""
 
 from __future__ import annotations
 
@@ -54,3 +55,26 @@ def test_shell_status_escapes_and_caps_the_stored_id(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert "\x1b" not in proc.stdout and "\u202e" not in proc.stdout
         assert device_line(proc.stdout) == shown
+
+
+def telemetry_line(out):
+    (line,) = [line for line in out.splitlines() if line.startswith("Telemetry:")]
+    return line
+
+
+def test_the_off_reason_is_in_one_pair_of_parentheses(ip, receiver, capsys):
+    load(ip, endpoint=receiver.url)
+    run(ip, "%clacky_telemetry off")
+    capsys.readouterr()
+    run(ip, "%clacky_telemetry status")
+    line = telemetry_line(capsys.readouterr().out)
+    assert line == "Telemetry:    off (the saved choice, made by %clacky_telemetry off or clacky-ipy telemetry off)"
+
+
+def test_a_bad_endpoints_reason_is_in_one_pair_of_parentheses(ip, env, capsys):
+    env.setenv("CLACKY_LICENSE_SERVER", "ftp://host")
+    load(ip)
+    capsys.readouterr()
+    run(ip, "%clacky_telemetry status")
+    line = telemetry_line(capsys.readouterr().out)
+    assert line.startswith("Telemetry:    off (CLACKY_LICENSE_SERVER=") and line.replace("http(s)", "").count("(") == 1, line
