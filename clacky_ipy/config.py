@@ -100,15 +100,33 @@ def policy_dirs() -> list[Path]:
     return [Path("/etc/clacky"), Path(sys.prefix) / "etc" / "clacky", *(Path(d) for d in extra if d.strip())]
 
 
+_policy_files: tuple[str | None, tuple[str, ...]] = (None, ())
+
+
+def policy_files() -> tuple[str, ...]:
+    """The policy files' paths as strings, built again only when ``$CLACKY_POLICY_DIRS`` changes.
+
+    The worker checks them before every send: building the paths with pathlib each time
+    cost 13 to 16 µs an event (10 % of the loopback drain); a cached string and a bare
+    ``os.stat`` each cost about 1 µs.
+    """
+    global _policy_files
+    key = getenv(POLICY_DIRS_ENV) or ""
+    cached_key, files = _policy_files
+    if cached_key != key:
+        files = tuple(str(directory / POLICY_FILE) for directory in policy_dirs())
+        _policy_files = (key, files)
+    return files
+
+
 def policy_off_reason() -> str | None:
     """The policy file that turns telemetry off, which nothing can override; None when there is none."""
-    for directory in policy_dirs():
-        path = directory / POLICY_FILE
+    for path in policy_files():
         try:
-            if path.exists():
-                return f"policy file {path}"
-        except OSError:
+            os.stat(path)
+        except (OSError, ValueError):  # absent (or unreadable: only a file that exists counts)
             continue
+        return f"policy file {path}"
     return None
 
 

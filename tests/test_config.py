@@ -19,7 +19,7 @@ def test_defaults(env):
     env.delenv("CLACKY_LICENSE_SERVER")
     t = ClackyTelemetry()
     assert (t.enabled, t.track_cells, t.debug) == (True, False, False)
-    assert (t.timeout, t.shutdown_timeout, t.max_queue_size) == (3.0, 1.0, 1000)
+    assert (t.timeout, t.shutdown_timeout, t.max_queue_size, t.max_connections) == (3.0, 1.0, 1000, 4)
     assert t.endpoint == DEFAULT_ENDPOINT
     assert t.fallback_endpoints == list(DEFAULT_FALLBACKS)
 
@@ -58,6 +58,7 @@ def test_debug_default_from_env(env):
         ("timeout", 0.0, 2.0),
         ("shutdown_timeout", -0.5, 0.5),
         ("max_queue_size", 0, 10),
+        ("max_connections", 0, 2),
         ("endpoint", "not a url", "http://127.0.0.1:5"),
         ("fallback_endpoints", ["ftp://x"], ["http://127.0.0.1:6"]),
         ("track_cells", "maybe", True),

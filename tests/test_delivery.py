@@ -13,7 +13,7 @@ import time
 
 import netservers
 import pytest
-from conftest import CLIENT, PYTHON, subprocess_env
+from conftest import CLIENT, PYTHON, load, subprocess_env
 
 import clacky_ipy
 from clacky_ipy.transport import Plan, Transport
@@ -202,6 +202,27 @@ def test_the_oldest_event_waits_at_most_max_wait(servers):
     while not server.bodies and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(server.bodies) == 1
+
+
+def test_the_startup_event_goes_first_even_under_a_backlog(fresh_client, env, servers):
+    slow = servers(netservers.delaying(0.05))
+    env.setenv("CLACKY_LICENSE_SERVER", slow.url)
+    clacky_ipy.startup()
+    for i in range(20):
+        clacky_ipy.task(iterations=i)
+    assert clacky_ipy.flush(20)
+    assert slow.most_active > 1  # several connections were used for the rest
+    assert "python_version" in json.loads(slow.bodies[0])  # the startup event, alone before any other
+
+
+def test_max_connections_follows_the_configuration(ip, servers):
+    server = servers(netservers.delaying(0.05))
+    load(ip, endpoint=server.url, max_connections=2)
+    assert CLIENT.transport.max_connections == 2
+    for i in range(12):
+        clacky_ipy.task(iterations=i)
+    assert clacky_ipy.flush(20)
+    assert server.most_active == 2
 
 
 # -- counters add up, in flight included ---------------------------------------------------------
