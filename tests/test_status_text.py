@@ -77,4 +77,5 @@ def test_a_bad_endpoints_reason_is_in_one_pair_of_parentheses(ip, env, capsys):
     capsys.readouterr()
     run(ip, "%clacky_telemetry status")
     line = telemetry_line(capsys.readouterr().out)
-    assert line.startswith("Telemetry:    off (CLACKY_LICENSE_SERVER=") and line.replace("http(s)", "").count("(") == 1, line
+    assert line.startswith("Telemetry:    off (CLACKY_LICENSE_SERVER="), line
+    assert line.replace("http(s)", "").count("(") == 1, line
