@@ -65,25 +65,46 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _writable_target(path: str) -> str | None:
-    """Why `path` cannot receive the plot, or None: checked before the report is printed."""
-    target = Path(path)
-    if target.is_dir():
-        return f"--plot {path}: is a folder, not a file"
-    folder = target.parent
-    if not folder.is_dir():
-        return f"--plot {path}: the folder {folder} does not exist"
-    if not os.access(folder, os.W_OK):
-        return f"--plot {path}: cannot write in {folder}"
-    return None
+#: What ``--plot`` writes, by the file's suffix: formats matplotlib draws by itself (no LaTeX, no
+#: codec of Pillow's that may be missing), so a plot never fails after the report is printed.
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def _plot_target(path: str) -> tuple[str, str | None]:
+    """The file ``--plot path`` writes (``.png`` added to a name without a suffix, as matplotlib
+    would), and why it cannot be written, or None: checked before the report is printed."""
+    if path.endswith(("/", os.sep)) or os.path.basename(path) in ("", ".", ".."):
+        return path, f"--plot {path}: names a folder, not a file"
+    try:  # a name too long, a loop of links, a file where a folder should be: one line, no traceback
+        if Path(path).is_dir():
+            return path, f"--plot {path}: is a folder, not a file"
+        suffix = os.path.splitext(path)[1]
+        if not suffix:
+            path += "." + PLOT_FORMATS[0]
+        elif suffix[1:].lower() not in PLOT_FORMATS:
+            return path, f"--plot {path}: cannot draw {suffix} files; name a .png, .svg or .pdf file"
+        target = Path(path)
+        folder = target.parent
+        if target.is_dir():
+            return path, f"--plot {path}: is a folder, not a file"
+        if not folder.is_dir():
+            if folder.exists() or folder.is_symlink():
+                return path, f"--plot {path}: {folder} is not a folder"
+            return path, f"--plot {path}: the folder {folder} does not exist"
+        if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+            return path, f"--plot {path}: cannot write in {folder}"
+    except OSError as exc:
+        return path, f"--plot {path}: {exc.strerror or exc}"
+    return path, None
 
 
 def _report(args: argparse.Namespace) -> int:
     from . import report
     from .store import StoreError
 
+    plot_path: str | None = None
     if args.plot:
-        problem = _writable_target(args.plot)
+        plot_path, problem = _plot_target(args.plot)
         if problem:
             return _fail("report", problem)
         try:
@@ -100,12 +121,12 @@ def _report(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `| head`: the reader has what it wanted
         sys.stdout = None  # type: ignore[assignment]  # no second error at exit
         return 0
-    if args.plot:
+    if plot_path:
         try:
-            report.plot(data, args.plot)
+            report.plot(data, plot_path)
         except OSError as exc:
-            return _fail("report", f"--plot {args.plot}: {exc.strerror or exc}")
-        print(f"plot written to {args.plot}", file=sys.stderr)
+            return _fail("report", f"--plot {plot_path}: {exc.strerror or exc}")
+        print(f"plot written to {plot_path}", file=sys.stderr)
     return 0
 
 
@@ -115,8 +136,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     try:
         done = rebuild(args.db)
     except StoreError as exc:
-        print(f"clacky-ipy rebuild: {exc}", file=sys.stderr)
-        return 2
+        return _fail("rebuild", str(exc))
     print(f"rebuilt the rollups of {done.events:,} events in {done.seconds:.1f} s", flush=True)
     return 0
 
@@ -226,7 +246,11 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--format", choices=("table", "json", "csv"), default="table")
     r.add_argument("--exclude-ci", action="store_true", help="leave out events sent from CI")
-    r.add_argument("--plot", metavar="FILE.png", help="also draw daily active devices and tasks per day")
+    r.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw daily active devices and tasks per day into a .png, .svg or .pdf file (.png if no suffix)",
+    )
     r.set_defaults(func=_report)
 
     b = sub.add_parser("rebuild", help="recompute the report's rollups from the raw events (repair, upgrade)")

@@ -202,6 +202,16 @@ def _finite(value: Any) -> Any:
     return value
 
 
+#: The table's words for the device figures, which count different things (a device that sent
+#: only tasks in the period is active and may be new, but has no startup there); the JSON and
+#: CSV keys stay as they are (public).
+TOTAL_LABELS = {
+    "unique_devices": "unique_devices (with a startup)",
+    "new_devices": "new_devices (first seen in the period)",
+}
+SECTION_TITLES = {"daily": "daily (active_devices: devices with a startup or a task that day)"}
+
+
 def render(report: dict, fmt: str = "table") -> str:
     """The report as ``table`` (for people), ``json`` or ``csv`` (for tools).
 
@@ -221,8 +231,9 @@ def render(report: dict, fmt: str = "table") -> str:
     lines, section = [], None
     for name, key, metric, value in _flat(report):
         if name != section:
-            lines.append(f"\n{name}")
+            lines.append(f"\n{SECTION_TITLES.get(name, name)}")
             section = name
+        metric = TOTAL_LABELS.get(metric, metric) if name == "totals" else metric
         label = safe.printable(f"{key}  {metric}" if key else metric)
         lines.append(f"  {label:<44} {'-' if value is None else safe.printable(str(value))}")
     title = "clacky-ipy report" + (f" (last {report['filters']['days']} days)" if report["filters"]["days"] else "")
@@ -257,7 +268,10 @@ def plot(report: dict, path: str | Path) -> None:
     # Each bar fills its own day (centred at noon), so a day's tick sits under its bar.
     days = [datetime.strptime(row["day"], "%Y-%m-%d") + timedelta(hours=12) for row in daily]
     fig, axes = plt.subplots(2, 1, sharex=True, figsize=(10, 6), dpi=100)
-    panels = (("active_devices", "daily active devices", "tab:blue"), ("tasks", "tasks per day", "tab:orange"))
+    panels = (
+        ("active_devices", "devices active that day\n(startup or task)", "tab:blue"),
+        ("tasks", "tasks per day", "tab:orange"),
+    )
     for ax, (key, label, color) in zip(axes, panels):
         values = [row[key] or 0 for row in daily]
         ax.bar(days, values, width=0.8, color=color, align="center")
@@ -267,6 +281,10 @@ def plot(report: dict, path: str | Path) -> None:
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
     first, last = min(days), max(days)
+    filters = report["filters"]
+    if filters.get("days") and filters.get("since"):  # the whole window asked for, not only its busy days
+        start = datetime.strptime(filters["since"], "%Y-%m-%d") + timedelta(hours=12)
+        first, last = min(first, start), max(last, start + timedelta(days=filters["days"] - 1))
     span = (last - first).days + 1
     axis = axes[-1].xaxis
     if span <= 31:  # a tick under every bar (every few on a month), named by its date
@@ -280,7 +298,10 @@ def plot(report: dict, path: str | Path) -> None:
     margin = timedelta(days=max(1, span // 60))
     axes[-1].set_xlim(first - timedelta(hours=12) - margin, last + timedelta(hours=12) + margin)
     axes[-1].set_xlabel("day (UTC)")
-    axes[0].set_title(f"{title}: {report['unique_devices']} devices, {report['tasks']} tasks")
+    axes[0].set_title(
+        f"{title}: {report['tasks']} tasks, {report['unique_devices']} devices with a startup "
+        f"({report['new_devices']} first seen)"
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -526,18 +526,14 @@ class _SQLite(_Engine):
         self.db: sqlite3.Connection | None = None
 
     def connect(self, create: bool) -> None:
-        path = self.file
-        if path.is_dir():
-            raise StoreError(f"{path}: is a folder, not a database file")
-        if not path.exists():
-            if not create:
-                raise StoreError(f"no database at {path}")
-            if not path.parent.is_dir():
-                raise StoreError(f"{path}: the folder {path.parent} does not exist")
-        elif path.stat().st_size == 0 and not create:
-            raise StoreError(f"{path}: an empty file, not a clacky-ipy database")
+        try:  # a name too long, a loop of links, a file for a folder, no permission: one line
+            self._check(create)
+            self.db = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None, timeout=30)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte or a lone surrogate in the path
+            raise StoreError(f"{self.file}: {getattr(exc, 'strerror', None) or _one_line(exc)}") from None
+        except sqlite3.Error as exc:
+            raise self.error("cannot open", exc) from None
         try:
-            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             try:  # SQLite's math functions (3.35+, when compiled in); else `bucket` itself, slower
                 self.db.execute("SELECT ceil(ln(2.0))")
             except sqlite3.OperationalError:
@@ -547,6 +543,25 @@ class _SQLite(_Engine):
             self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB
         except sqlite3.Error as exc:
             raise self.error("cannot open", exc) from None
+
+    def _check(self, create: bool) -> None:
+        """Refuse, before SQLite creates anything, a path that is no database file (`StoreError`)."""
+        path = self.file
+        if path.is_dir():
+            raise StoreError(f"{path}: is a folder, not a database file")
+        if not path.exists():
+            if path.is_symlink():  # a dangling link, or a loop of them (ELOOP): SQLite could not follow it
+                path.stat()
+            if not create:
+                raise StoreError(f"no database at {path}")
+            if not path.parent.is_dir():
+                try:  # any other OSError says why (a loop of links, no permission, a name too long)
+                    path.parent.stat()
+                except FileNotFoundError:
+                    raise StoreError(f"{path}: the folder {path.parent} does not exist") from None
+                raise StoreError(f"{path}: {path.parent} is not a folder")
+        elif path.stat().st_size == 0 and not create:
+            raise StoreError(f"{path}: an empty file, not a clacky-ipy database")
 
     def error(self, doing: str, exc: BaseException) -> StoreError:
         if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):

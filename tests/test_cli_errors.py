@@ -3,6 +3,8 @@ nothing is created or printed first (`python -m clacky_ipy` in a child process).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import socket
 import sqlite3
 import subprocess
@@ -11,8 +13,11 @@ import time
 import pytest
 import requests
 from conftest import PYTHON, free_port, subprocess_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from clacky_ipy.store import open_store
+from clacky_ipy import cli
+from clacky_ipy.store import StoreError, open_store
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -216,3 +221,105 @@ def test_collect_without_the_collector_extra_says_which_and_creates_nothing(tmp_
     proc = subprocess.run([PYTHON, "-c", code], env=subprocess_env(), capture_output=True, text=True, timeout=60)
     one_line_error(proc, "clacky-ipy[collector]")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- QA: plot targets and database paths the file system refuses ----------------------------------
+LONG = "a" * 300  # beyond NAME_MAX (255): ENAMETOOLONG from stat()
+
+
+@pytest.mark.parametrize(
+    "target, words",
+    [
+        pytest.param("trend.txt", ["txt", "png"], id="unsupported-format"),
+        pytest.param("trend.docx", ["docx"], id="unknown-format"),
+        pytest.param(LONG + ".png", ["too long"], id="name-too-long"),
+        pytest.param("x.png/", ["folder"], id="trailing-slash"),
+        pytest.param("file.png/inside.png", ["not a folder"], id="parent-is-a-file"),
+        pytest.param("loop/inside.png", [], id="symlink-loop"),
+    ],
+)
+def test_report_plot_target_refused_before_printing(good_db, tmp_path, target, words):
+    (tmp_path / "file.png").write_bytes(b"")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    path = str(tmp_path / target) + ("/" if target.endswith("/") else "")
+    one_line_error(run("report", "--db", str(good_db), "--plot", path), "--plot", *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_report_plot_without_a_suffix_names_the_file_it_wrote(good_db, tmp_path):
+    pytest.importorskip("matplotlib")
+    proc = run("report", "--db", str(good_db), "--plot", str(tmp_path / "noext"))
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("noext")] == ["noext.png"]
+    assert proc.stderr.strip() == f"plot written to {tmp_path / 'noext.png'}"
+
+
+@pytest.mark.parametrize("fmt", ["svg", "PDF"])
+def test_report_plot_in_another_supported_format(good_db, tmp_path, fmt):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / f"trend.{fmt}"
+    proc = run("report", "--db", str(good_db), "--plot", str(target))
+    assert proc.returncode == 0 and target.stat().st_size > 0, proc.stderr
+    assert proc.stderr.strip() == f"plot written to {target}"
+
+
+def odd_paths(tmp_path):
+    (tmp_path / "file.db").write_bytes(b"")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    return [
+        str(tmp_path / (LONG + ".db")),  # ENAMETOOLONG
+        str(tmp_path / LONG / "events.db"),  # ENAMETOOLONG in a folder's name
+        "/" + "/".join(["d" * 200] * 25) + "/e.db",  # beyond PATH_MAX
+        str(tmp_path / "file.db" / "events.db"),  # ENOTDIR
+        str(tmp_path / "loop" / "events.db"),  # ELOOP
+        str(tmp_path / "loop"),  # ELOOP on the database itself
+    ]
+
+
+@pytest.mark.parametrize("command", ["report", "rebuild", "collect"])
+def test_database_paths_the_file_system_refuses(tmp_path, command):
+    for path in odd_paths(tmp_path):
+        extra = ["--port", "0"] if command == "collect" else []
+        proc = run(command, "--db", path, *extra)
+        one_line_error(proc, "clacky-ipy " + command)
+        assert "cannot listen" not in proc.stderr
+        assert path[:100] in proc.stderr  # it names the database
+
+
+def test_database_in_an_unreadable_folder(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads every folder")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0)
+    try:
+        for command in ("report", "rebuild"):
+            one_line_error(run(command, "--db", str(locked / "e.db")), str(locked))
+    finally:
+        os.chmod(locked, 0o700)
+
+
+ODD_PIECES = [*"a/.#?%:~ -\\\x00\x01\n\u00e9\u202e\ud800\U0001f600", "a" * 120, "..", "//", "file", "loop"]
+ODD_PATH = st.lists(st.sampled_from(ODD_PIECES), max_size=12).map("".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tail=ODD_PATH)
+def test_odd_database_paths_are_one_line_or_work(tmp_path_factory, tail):
+    """Whatever the path, `report` and `rebuild` exit 0 or 2 with one line, and the store that
+    `collect` opens raises only `StoreError` (the collector's one line)."""
+    base = tmp_path_factory.mktemp("odd")
+    (base / "file").write_bytes(b"")
+    (base / "loop").symlink_to(base / "loop")
+    path = str(base) + "/" + tail
+    for command in ("report", "rebuild"):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+            code = cli.main([command, "--db", path])
+        assert code in (0, 2) and len(err.getvalue().strip().splitlines()) <= 1, err.getvalue()
+    try:
+        open_store(path).close()
+    except StoreError:
+        pass  # `collect` prints it as one line (see test_database_paths_the_file_system_refuses)

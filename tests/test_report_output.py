@@ -206,3 +206,33 @@ def test_plot_of_nothing_says_so(tmp_path):
     texts = " ".join(t.get_text() for t in fig.texts)
     assert "No events" in texts
     assert not fig.axes
+
+
+@pytest.mark.parametrize("days", [7, 30, 365])
+def test_plot_shows_the_whole_requested_window(tmp_path, days):
+    """`--days 7` with events on one day: the axis spans the seven days, not that day alone."""
+    import matplotlib.dates as mdates
+
+    since = date(2026, 1, 1)
+    last = since + timedelta(days=days - 1)
+    r = base_report(filters={"days": days, "exclude_ci": False, "since": since.isoformat()})
+    r["daily"] = [{"day": (since + timedelta(days=2)).isoformat(), "active_devices": 2, "tasks": 5}]
+    low, high = (mdates.num2date(x).date() for x in figure_of(r, tmp_path).axes[1].get_xlim())
+    assert low <= since and high >= last
+    assert (high - low).days <= days + days // 30 + 3  # the window, with a small margin
+
+
+def test_device_figures_say_what_they_count(tmp_path):
+    """Distinct devices with a startup (6) can be fewer than the devices active on a day (14):
+    the table and the plot say which is which."""
+    r = base_report(unique_devices=6, new_devices=14, tasks=20)
+    r["daily"] = [{"day": "2026-11-20", "active_devices": 14, "tasks": 20}]
+    table = report.render(r, "table")
+    assert "unique_devices (with a startup)" in table
+    assert "new_devices (first seen in the period)" in table
+    assert "active_devices: devices with a startup or a task that day" in table
+    fig = figure_of(r, tmp_path)
+    title = fig.axes[0].get_title()
+    assert "6 devices with a startup" in title and "6 devices," not in title
+    assert "startup or task" in fig.axes[0].get_ylabel()
+    assert json.loads(report.render(r, "json")).keys() == r.keys()  # the public keys stay
