@@ -47,6 +47,9 @@ from .transport import SKIP, Plan, Transport
 __version__ = "0.1.0"
 USER_AGENT = f"clacky-ipy/{__version__}"
 
+#: Why the saved choice keeps telemetry off. No parentheses: status shows it inside its own, "off (...)".
+SAVED_OFF = "the saved choice, made by %clacky_telemetry off or clacky-ipy telemetry off"
+
 #: How many outcomes ``%clacky_telemetry log`` / `recent()` keep, in memory only.
 LOG_SIZE = 100
 WAITING = "waiting for the notice"
@@ -167,7 +170,7 @@ class Client:
         if not config.enabled:
             self._config_off = "ClackyTelemetry.enabled is False"
         elif config.endpoint_problem:
-            self._config_off = f"{config.endpoint_problem} (telemetry stays off until a valid endpoint is set)"
+            self._config_off = f"{config.endpoint_problem}; telemetry stays off until a valid endpoint is set"
         else:
             self._config_off = None
         self._debug = config.debug
@@ -206,12 +209,7 @@ class Client:
         Unlike the environment, these are seen when they change, so this is only
         attribute reads: the cell hooks can afford it on every cell.
         """
-        return (
-            self._policy_off
-            or self._config_off
-            or self._home_off
-            or ("the saved choice (%clacky_telemetry off / clacky-ipy telemetry off)" if self._user_off else None)
-        )
+        return self._policy_off or self._config_off or self._home_off or (SAVED_OFF if self._user_off else None)
 
     @staticmethod
     def _saved_choice() -> tuple[bool, str | None]:
@@ -528,7 +526,8 @@ class Client:
             "saved_off": self._user_off,
             "endpoint": config.endpoint,
             "fallback_endpoints": list(config.fallback_endpoints),
-            "device_id": None if context is None else context["device_id"],
+            # exactly what is sent (made valid UTF-8, capped), not brand.yml's text as it is
+            "device_id": None if context is None else payload.clean("startup", context).get("device_id"),
             "device_id_source": None if context is None else device_id_source(home, self._device_stored),
             "notice_pending": self.notice_pending,
             "waiting": self.waiting,

@@ -44,7 +44,7 @@ MAX_TIMEOUT = 60.0
 MAX_SHUTDOWN_TIMEOUT = 30.0
 
 #: The user-info part of a URL (``user:password@``), wherever it appears in a text.
-_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]+@")
+_USERINFO = re.compile(r"(?<=://)[^/?#\s'\"]+@")  # to the last @: a password may hold one
 
 
 def mask_credentials(text: str) -> str:
@@ -230,6 +230,17 @@ class ClackyTelemetry(Configurable):
     #: Why a refused endpoint keeps telemetry off (None when the endpoint is usable).
     #: A trait (not config) so that the client hears when it changes.
     endpoint_problem = Unicode(None, allow_none=True)
+
+    # `%config ClackyTelemetry` prints `class_get_help(instance)`, which shows each trait's
+    # current value ("Current: 'http://bob:pw@host'"), and a generated config file shows
+    # defaults (an endpoint from CLACKY_LICENSE_SERVER): both with credentials masked.
+    @classmethod
+    def class_get_trait_help(cls, *args: Any, **kwargs: Any) -> str:
+        return mask_credentials(super().class_get_trait_help(*args, **kwargs))
+
+    @classmethod
+    def class_config_section(cls, *args: Any, **kwargs: Any) -> str:
+        return mask_credentials(super().class_config_section(*args, **kwargs))
 
     def __init__(self, **kwargs: Any) -> None:
         self._fallbacks_chosen = False  # set once the user picks fallback_endpoints

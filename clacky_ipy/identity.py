@@ -36,7 +36,8 @@ def clacky_home(env: os._Environ | dict = os.environ) -> Path | None:
     """The Clacky home: ``$CLACKY_HOME``, else ``~/.clacky`` (shared with the gem).
 
     None when it cannot be resolved (``CLACKY_HOME=~nosuchuser/x``, or no ``HOME`` and
-    no passwd entry, as containers run with an arbitrary uid): never raises.
+    no passwd entry, as containers run with an arbitrary uid): never raises. An empty
+    variable counts as unset, never as the root directory.
     """
     return _resolve_home(env)[0]
 
@@ -46,13 +47,40 @@ def home_problem(env: os._Environ | dict = os.environ) -> str | None:
     return _resolve_home(env)[1]
 
 
+NO_USER_HOME = "HOME is empty or unset and this uid has no user entry"
+
+
+def _user_home(env: os._Environ | dict) -> str | None:
+    """``$HOME``, else this uid's passwd entry; None when neither names a directory.
+
+    Python expands ``~`` with an empty ``HOME`` to ``/``, which put the home at
+    ``/.clacky``: an empty ``HOME`` is treated as unset instead.
+    """
+    if os.name == "nt":  # Path.home()'s own rule there: USERPROFILE, never HOME
+        expanded = os.path.expanduser("~")
+        return expanded if expanded != "~" else None
+    home = env.get("HOME")
+    if home:
+        return home
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_dir or None
+    except (ImportError, KeyError, OSError):
+        return None
+
+
 def _resolve_home(env: os._Environ | dict) -> tuple[Path | None, str | None]:
     home = env.get("CLACKY_HOME")
     try:
-        return (Path(home).expanduser() if home else Path.home() / ".clacky"), None
+        if home and not (home == "~" or home.startswith(("~/", "~" + os.sep))):
+            return Path(home).expanduser(), None  # an absolute path, or ~user/...
+        user = _user_home(env)
+        if user is None:
+            return None, f"{'CLACKY_HOME' if home else 'the home directory'} cannot be resolved: {NO_USER_HOME}"
+        return (Path(user, home[2:]) if home else Path(user, ".clacky")), None
     except Exception as exc:  # RuntimeError, or KeyError from pwd on Python 3.9
-        where = "CLACKY_HOME" if home else "the home directory (no HOME and no user entry)"
-        return None, f"{where} cannot be resolved ({type(exc).__name__})"
+        return None, f"{'CLACKY_HOME' if home else 'the home directory'} cannot be resolved: {type(exc).__name__}"
 
 
 #: brand.yml is read only when it is a regular file of at most this size: the gem writes a few lines.

@@ -13,6 +13,7 @@ import numbers
 import operator
 import re
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,6 +113,19 @@ MAX_DURATION_MS = 366 * 24 * 3600 * 1000
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def _propagates(error: BaseException) -> bool:
+    """Whether an exception raised while reading a user's value must go on, not be swallowed.
+
+    Reading a value may run the user's code (``__getitem__``, ``__index__``...), which may
+    raise anything, ``SystemExit``, ``GeneratorExit`` or ``KeyboardInterrupt`` included:
+    each is the value's failure, and the key is left out. Only a ``KeyboardInterrupt`` on
+    the main thread goes on, since that may be the user's Ctrl-C arriving just then
+    (debug mode and ``recent()`` read values on the user's thread). Signals reach only the
+    main thread, so on the worker no interrupt is ever the user's.
+    """
+    return isinstance(error, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
+
+
 def text(value: str) -> str:
     """`value` as valid UTF-8 text: lone surrogates become U+FFFD, then capped at `MAX_STR`."""
     if not value.isascii():
@@ -144,8 +158,9 @@ def _numeric(value: Any) -> int | float | None:
         if isinstance(value, numbers.Real):
             converted = float(value)
             return float.__float__(converted) if isinstance(converted, float) else None
-    except Exception:
-        pass
+    except BaseException as exc:
+        if _propagates(exc):
+            raise
     return None
 
 
@@ -197,7 +212,9 @@ def clean(event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         if kind is not None:
             try:
                 value = _value(key, kind, value)
-            except Exception:  # a user's str or number subclass whose own methods raise: left out
+            except BaseException as exc:  # a user's str or number subclass whose own methods raise: left out
+                if _propagates(exc):
+                    raise
                 continue
             if value is not None:
                 out[key] = value
@@ -208,7 +225,9 @@ def _get(mapping: Any, key: str) -> Any:
     """``mapping.get(key)``, or None when reading it raises (``Mapping.get`` catches only KeyError)."""
     try:
         return mapping.get(key)
-    except Exception:
+    except BaseException as exc:
+        if _propagates(exc):
+            raise
         return None
 
 
@@ -224,7 +243,9 @@ def _plain(key: str, value: Any) -> Any:
         if KEYS["task"][key] == STR:
             return str.__str__(value) if isinstance(value, str) else None
         return number(key, value)
-    except Exception:
+    except BaseException as exc:
+        if _propagates(exc):
+            raise
         return None
 
 
@@ -244,8 +265,9 @@ def task_metrics(result: Any) -> dict[str, Any]:
 
     Anything that is not a mapping gives no metrics; keys not listed above
     (``history``, ``session_id``, ...) are ignored. Never raises: a key that cannot
-    be read, compared or converted is left out and the rest is kept, and every
-    value returned is a plain str, int or float.
+    be read, compared or converted (whatever it raises, ``SystemExit`` included) is left
+    out and the rest is kept, and every value returned is a plain str, int or float.
+    The one exception that goes on is a ``KeyboardInterrupt`` on the main thread (`_propagates`).
     """
     metrics: dict[str, Any] = {}
     try:
@@ -264,8 +286,9 @@ def task_metrics(result: Any) -> dict[str, Any]:
                 value = _plain(out, _get(stats, key))
                 if value is not None:
                     metrics[out] = value
-    except Exception:
-        pass  # e.g. an isinstance() that raises: what was read so far is kept
+    except BaseException as exc:  # e.g. an isinstance() that raises: what was read so far is kept
+        if _propagates(exc):
+            raise
     return metrics
 
 
@@ -288,8 +311,9 @@ def status_of(error: BaseException | None, own: Any = None) -> str:
             return "interrupted" if _interrupted(error) else "error"
         if isinstance(own, str) and str.__str__(own) in ("success", "error"):
             return str.__str__(own)
-    except Exception:
-        pass
+    except BaseException as exc:
+        if _propagates(exc):
+            raise
     return "success"
 
 
@@ -300,5 +324,7 @@ def error_kind(error: BaseException | None) -> str | None:
     try:
         name = type(error).__name__
         return str.__str__(name) if isinstance(name, str) else None
-    except Exception:
+    except BaseException as exc:
+        if _propagates(exc):
+            raise
         return None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import mask_credentials
+from .safe import printable
 
 #: What the device id is, in one sentence a user can check (also in the README and the notice).
 DEVICE_ID_COMPUTED = (
@@ -46,6 +47,7 @@ def status_text(status: Mapping[str, Any]) -> str:
         + (f" (fallbacks: {', '.join(status['fallback_endpoints'])})" if status["fallback_endpoints"] else "")
     )
     device_id = status["device_id"] or "still being computed (brand.yml is slow to read); ask again in a moment"
+    device_id = printable(device_id)  # it may be brand.yml's text: control and bidi characters escaped
     lines.append(f"Device id:    {device_id}")
     if status.get("device_id_source"):
         pad = " " * 14

@@ -104,7 +104,8 @@ OnOutcome = Callable[[str, str, Optional[bytes], str], Any]
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float:
-    """Seconds to pause after a 429: ``Retry-After`` as seconds or HTTP date, else 60; at most 300."""
+    """Seconds to pause after a 429: ``Retry-After`` as seconds or HTTP date; 60 when absent or
+    invalid (negative seconds too); at most 300."""
     if not value:
         return RETRY_AFTER_DEFAULT
     value = value.strip()
@@ -118,9 +119,15 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float:
         except (TypeError, ValueError, IndexError, OverflowError):
             return RETRY_AFTER_DEFAULT
         seconds = when - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
+        seconds = max(seconds, 0.0)  # a date already past: now
+    if not seconds >= 0:  # negative or NaN seconds are invalid: as if absent (not "no pause")
         return RETRY_AFTER_DEFAULT
-    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+    return min(seconds, RETRY_AFTER_MAX)
+
+
+#: urllib3's names for what reading a body raises, as requests names the same failure while
+#: reading the headers: the outcomes (`Last error`, the log) use requests' names only.
+BODY_ERRORS = {"ReadTimeoutError": "ReadTimeout", "ProtocolError": "ConnectionError"}
 
 
 # -- one deadline per request -------------------------------------------------------------
@@ -282,8 +289,9 @@ class _Sender:
                 try:
                     response.raw.read(BODY_CAP, decode_content=False)  # all of a small body: the connection is reused
                 except Exception as exc:
-                    if time.monotonic() >= deadline:
-                        return None, type(exc).__name__  # a body slower than the deadline
+                    if time.monotonic() >= deadline:  # a body slower than the deadline
+                        name = type(exc).__name__
+                        return None, BODY_ERRORS.get(name, name)
                 finally:
                     response.close()  # closes the connection when more was left unread
                 return response.status_code, response.headers.get("Retry-After") or ""

@@ -73,6 +73,23 @@ def test_password_never_in_status_or_refusals(ip, capsys):
         assert secret not in shown, secret
 
 
+def test_mask_credentials_up_to_the_last_at():
+    assert mask_credentials("http://bob:P@ss@host/x@y") == "http://***@host/x@y"
+
+
+def test_password_never_in_the_config_listing(ip, env, capsys):
+    """`%config ClackyTelemetry` prints each trait's current value; a config file shows defaults."""
+    env.setenv("CLACKY_LICENSE_SERVER", "http://carol:Env5ecret@127.0.0.1:9")
+    load(ip, endpoint="http://bob:Pw0rd@127.0.0.1:1/", fallback_endpoints=["https://dave:hunter2@127.0.0.1:10"])
+    capsys.readouterr()
+    run(ip, "%config ClackyTelemetry")
+    listing = capsys.readouterr().out
+    assert "Current: 'http://***@127.0.0.1:1'" in listing
+    shown = listing + ClackyTelemetry.class_config_section() + ClackyTelemetry.class_get_help()
+    for secret in ("Pw0rd", "hunter2", "Env5ecret", "bob", "dave", "carol"):
+        assert secret not in shown, secret
+
+
 def test_password_never_in_an_env_endpoint_refusal(ip, env, capsys):
     env.setenv("CLACKY_LICENSE_SERVER", "ftp://alice:S3cret@host")
     load(ip)

@@ -36,9 +36,11 @@ def servers():
 _MADE: list[Transport] = []
 
 
-def transport_to(*hosts, timeout=2.0, max_connections=4):
+def transport_to(*hosts, timeout=2.0, max_connections=4, on_outcome=None):
     """A Transport of its own whose events are small dicts sent to `hosts` in order."""
-    transport = Transport(lambda event, fields: Plan(fields, tuple(hosts), timeout, "test"), lambda: 1.0)
+    transport = Transport(
+        lambda event, fields: Plan(fields, tuple(hosts), timeout, "test"), lambda: 1.0, on_outcome=on_outcome
+    )
     transport.max_connections = max_connections
     _MADE.append(transport)
     return transport
@@ -88,6 +90,24 @@ def test_a_stall_or_reset_after_the_request_is_never_resent(servers, handler):
     assert len(primary.bodies) == 1
     assert fallback.bodies == []  # the primary may have stored it: never twice
     assert transport.failed == 1 and transport.sent == 0
+
+
+@pytest.mark.parametrize(
+    ("handler", "name"),
+    [
+        (netservers.headers_then_stall, "ReadTimeout"),
+        (netservers.dripping, "ReadTimeout"),
+        (netservers.reset_after_request, "ConnectionError"),
+    ],
+)
+def test_failures_are_named_as_requests_names_them_while_headers_or_body_are_read(servers, handler, name):
+    """`Last error` and the log's outcome use one vocabulary (requests' names, as the README lists),
+    whether the headers or the body stalled or broke: urllib3's ReadTimeoutError is ReadTimeout."""
+    outcomes = []
+    transport = transport_to(servers(handler).url, timeout=0.5, on_outcome=lambda *entry: outcomes.append(entry[-1]))
+    transport.submit("task", {"n": 1})
+    assert transport.flush(10)
+    assert (transport.failed, transport.last_error, outcomes) == (1, name, [f"failed {name}"])
 
 
 def test_dns_failure_and_connect_timeout_fail_over(servers):

@@ -9,6 +9,7 @@ import os
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from conftest import PYTHON, subprocess_env
@@ -113,6 +114,41 @@ def test_no_home_and_no_passwd_entry(receiver, open_dir):
     out, proc, _ = run_child(env, "off", user=UNKNOWN_UID)
     check_off_and_loaded(out, receiver)
     assert "Telemetry:    off" in proc.stdout
+
+
+#: CHILD as a uid without a passwd entry (as containers run): runs without root, unlike a real uid.
+NO_PASSWD_ENTRY = (
+    "import pwd\ndef _no_entry(uid): raise KeyError(f'getpwuid(): uid not found: {uid}')\npwd.getpwuid = _no_entry\n"
+)
+
+
+def test_empty_home_and_clacky_home_and_no_passwd_entry(receiver, open_dir, tmp_path):
+    """An empty HOME is unset, not the root directory: nothing is written to /.clacky."""
+    assert not os.path.exists("/.clacky")
+    env = unusable_env(receiver, open_dir, HOME="", CLACKY_HOME="")
+    proc = subprocess.run(
+        [PYTHON, "-c", NO_PASSWD_ENTRY + CHILD, "off"], env=env, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    check_off_and_loaded(out, receiver)
+    assert "cannot be resolved" in out["off_reason"] and "HOME is empty or unset" in out["off_reason"]
+    assert not os.path.exists("/.clacky")
+
+
+@pytest.mark.parametrize("clacky_home", ["", "~", "~/sub"])
+def test_empty_home_falls_back_to_the_passwd_entry(monkeypatch, clacky_home):
+    """Python expands ~ with HOME="" to "/": the home was /.clacky. Resolved only, nothing written."""
+    import pwd
+
+    from clacky_ipy.identity import clacky_home as resolve
+
+    monkeypatch.setenv("HOME", "")
+    monkeypatch.setenv("CLACKY_HOME", clacky_home)
+    user = pwd.getpwuid(os.getuid()).pw_dir
+    expected = {"": ".clacky", "~": "", "~/sub": "sub"}[clacky_home]
+    assert resolve() == Path(user, expected) != Path("/.clacky")
 
 
 @needs_root

@@ -234,11 +234,15 @@ def test_retry_after():
     assert retry_after_seconds("") == 60
     assert retry_after_seconds("12") == 12
     assert retry_after_seconds("100000") == 300
-    assert retry_after_seconds("-5") == 0
+    assert retry_after_seconds("-5") == 60  # invalid, as if absent: 0 would let each event hit 429 again
+    assert retry_after_seconds("nan") == 60
+    assert retry_after_seconds("0") == 0
     assert retry_after_seconds("soon") == 60
     now = datetime.now(timezone.utc)
     date = format_datetime(now + timedelta(seconds=90), usegmt=True)
     assert 85 <= retry_after_seconds(date, now.timestamp()) <= 91
+    past = format_datetime(now - timedelta(seconds=90), usegmt=True)
+    assert retry_after_seconds(past, now.timestamp()) == 0  # a valid date already past: now
 
 
 @pytest.mark.parametrize(
