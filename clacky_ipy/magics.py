@@ -26,6 +26,7 @@ from time import perf_counter
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from .client import CLIENT, INTERRUPTED, LOG_SIZE
@@ -36,6 +37,8 @@ from .status import status_text
 
 #: What ``%clacky_telemetry`` accepts, for the usage line and for completion.
 TELEMETRY_COMMANDS = ("status", "on", "off", "log", "flush")
+#: What completion offers after ``%clacky_telemetry log``.
+LOG_COUNTS = ("10", "20", "50", "100")
 #: ``%%clacky`` / ``%clacky`` options, for completion.
 CLACKY_OPTIONS = ("--model", "--provider", "--result")
 
@@ -45,10 +48,17 @@ _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # shell -> its
 #: The options the transformer understands; any other line is left to the magic, which explains it.
 _OPTIONS = r"((?:[ \t]+--(?:model|provider|result)(?:=|[ \t]+)\S+)*)"
 _CELL_HEAD = re.compile(r"%%clacky" + _OPTIONS + r"[ \t]*\r?\n?")
-_LINE_HEAD = re.compile(r"%clacky" + _OPTIONS + r"[ \t]+(?=\S)")
+_LINE_HEAD = re.compile(r"%clacky" + _OPTIONS + r"[ \t]+(?=\S)(?!--)")  # `--`: a bad option, not code
 _OPTION = re.compile(r"--(model|provider|result)(?:=|[ \t]+)(\S+)")
+#: IPython runs each cell in ``InteractiveShell.run_cell_async`` (IPython 7 to 9), whose local
+#: ``info`` is the cell's ExecutionInfo: how a hook tells a running outer cell from one that ended.
+_RUNNER_CODE = getattr(getattr(InteractiveShell, "run_cell_async", None), "__code__", None)
+_HAS_CELL_RUNNER = _RUNNER_CODE is not None and "info" in _RUNNER_CODE.co_varnames
+#: A `%clacky` line of options (a value may be missing) and nothing else.
+_ONLY_OPTIONS = re.compile(r"(?:\s*--(?:model|provider|result)(?:(?:=|[ \t]+)(?!-)\S+)?)*\s*")
+_NO_STATEMENT = "%clacky needs a statement, or use %%clacky as a cell magic"
 #: A raw cell that starts with %%clacky or %clacky: cheap, and run only while a marked cell is pending.
-_MARKED = re.compile(r"\s*%%?clacky(?![\w])")
+_MARKED = re.compile(r"\s*(?:%%\S[^\n]*\n)?%%?clacky(?![\w])")  # under another cell magic too
 
 
 def _options(text: str) -> dict[str, str]:
@@ -104,11 +114,19 @@ class ClackyMagics(Magics):
         end = perf_counter()
         try:
             frames = self._frames
-            if not frames or (result is not None and frames[-1][0] is not result.info):
-                return  # no matching pre_run_cell: the cell that loaded the extension
-            info, start = frames.pop()
+            if not frames:
+                return  # no pre_run_cell: the cell that loaded the extension
+            if result is not None and frames[-1][0] is result.info:
+                info, start = frames.pop()
+            else:
+                closed = _close(frames, result)
+                if closed is None:
+                    return  # a cell whose pre_run_cell this hook never saw (an empty one)
+                info, start = closed[1]
             if frames:
-                return  # a nested run, e.g. the body of %%clacky
+                if _running(frames[0][0]):
+                    return  # a nested run, e.g. the body of %%clacky
+                frames.clear()  # they ended unseen: this cell is top-level, and so are the next ones
             claimed, self._claimed = self._claimed, False
             if claimed or info is self._last_marked or (self._marked and self._marked[-1][0] is info):
                 return  # a %%clacky cell sends its own event
@@ -149,22 +167,32 @@ class ClackyMagics(Magics):
 
         ``%%clacky [options]`` becomes a comment (``# %%clacky ...``), so line
         numbers stay those of the cell as shown and ``In[n]`` still says what it
-        was; ``%clacky [options] STATEMENT`` as the cell's only line becomes the
-        statement. Anything else, including an empty body or options it does not
-        know, is left to the magic.
+        was; over another cell magic (``%%time``) the line is removed, so that
+        magic is the cell's first line again, and right under one
+        (``%%time`` then ``%%clacky``) it is removed too and marks the whole cell.
+        ``%clacky [options] STATEMENT`` as the cell's only line becomes the
+        statement. Anything else, including an empty body, options without a
+        statement, or options it does not know, is left to the magic.
         """
         try:
             first = lines[0] if lines else ""
-            if not first.startswith("%clacky") and not first.startswith("%%clacky"):
+            if not first.startswith("%"):
                 return lines
-            head = _CELL_HEAD.fullmatch(first)
-            if head and "".join(lines[1:]).strip():
-                out = ["# " + first.rstrip("\r\n") + "\n", *lines[1:]]
-            else:
-                head = _LINE_HEAD.match(first)
-                if head is None or "".join(lines[1:]).strip():
+            if first.startswith("%%clacky"):
+                head, out = _CELL_HEAD.fullmatch(first), lines[1:]
+                if head and out and not out[0].startswith("%%"):
+                    out = ["# " + first.rstrip("\r\n") + "\n", *out]
+            elif first.startswith("%clacky"):
+                head, out = _LINE_HEAD.match(first), lines[1:]
+                if head is None or "".join(out).strip():
                     return lines
-                out = [first[head.end() :], *lines[1:]]
+                out = [first[head.end() :]]
+            elif first.startswith("%%") and len(lines) > 1 and lines[1].startswith("%%clacky"):
+                head, out = _CELL_HEAD.fullmatch(lines[1]), [first, *lines[2:]]
+            else:
+                return lines
+            if head is None or not "".join(out).strip():
+                return lines
             self._pending.append((_options(head.group(1)), perf_counter()))
             self._hook_marked(True)
             return out
@@ -179,6 +207,8 @@ class ClackyMagics(Magics):
     def _marked_pre(self, info: Any) -> None:
         """The transformed cell starts: bind its options to its ExecutionInfo."""
         try:
+            if self._marked and not _running(self._marked[0][0]):
+                self._marked.clear()  # marked cells that ended unseen
             pending = self._pending
             if pending:
                 options, _ = pending[-1]
@@ -194,24 +224,23 @@ class ClackyMagics(Magics):
         """A cell ended: when it is the marked one, send its event (trigger ``magic``)."""
         try:
             marked = self._marked
+            info = None if result is None else result.info
+            closed = _close(marked, result) if marked else None
+            if closed is not None:
+                original, options, start = closed[1]
+            elif info is not None and self._pending and _MARKED.match(info.raw_cell):  # transformed after pre
+                options, start = self._pending.pop()
+                self._pending.clear()
+                original = info
+            else:
+                return  # a nested run inside the marked cell
             if result is None:  # ipykernel: an interrupted async cell
-                if not marked:
-                    return
-                _, options, start = marked.pop()
-                error: BaseException | None = KeyboardInterrupt()
+                error: BaseException | None = INTERRUPTED
                 value = None
             else:
-                info = result.info
-                if marked and marked[-1][0] is info:
-                    _, options, start = marked.pop()
-                elif self._pending and _MARKED.match(info.raw_cell):  # transformed after pre_run_cell
-                    options, start = self._pending.pop()
-                    self._pending.clear()
-                else:
-                    return  # a nested run inside the marked cell
                 error = result.error_before_exec or result.error_in_exec
                 value = result.result
-                self._last_marked = info  # whichever post_run_cell hook runs first, the cell sends one event
+            self._last_marked = original  # whichever post_run_cell hook runs first, the cell sends one event
             self._send(options, error, round((perf_counter() - start) * 1000), value)
         except Exception:
             pass  # a hook that raises prints a traceback on every cell
@@ -277,12 +306,14 @@ class ClackyMagics(Magics):
         body runs through ``run_cell`` inside the calling cell, where top-level
         ``await`` is not available in a running event loop.
         """
+        if cell is None and _ONLY_OPTIONS.fullmatch(line):
+            raise UsageError(_NO_STATEMENT)  # `%clacky --model m`: never run the options as code
         opts, statement = self.parse_options(
             line, "", "model=", "provider=", "result=", posix=False, strict=False, preserve_non_opts=True
         )
         body = statement if cell is None else cell
         if not body.strip():
-            raise UsageError("%clacky needs a statement, or use %%clacky as a cell magic")
+            raise UsageError(_NO_STATEMENT)
         shell = self.shell
         outer = shell.displayhook.exec_result  # the ExecutionResult of the cell running this magic
         self._claimed = bool(self._frames)
@@ -353,6 +384,52 @@ class ClackyMagics(Magics):
             raise UsageError(f"unknown argument {line.strip()!r}: use %clacky_telemetry [status|on|off|log [N]|flush]")
 
 
+def _close(stack: list[Any], result: Any) -> tuple[int, Any] | None:
+    """Pop the running cell that `result` ends, with any run left open above it: (its index, entry).
+
+    Each entry starts with the ``ExecutionInfo`` its ``pre_run_cell`` received. Usually that is
+    ``result.info`` on top of the stack; but when ``KeyboardInterrupt`` escapes the async runner,
+    IPython reports the cell with a new ``ExecutionInfo`` of the same cell, and ipykernel passes
+    ``None`` for an interrupted async cell (always the outermost one). Index 0 is a top-level cell.
+    None when the result ends no entry (an empty cell, a cell begun before the hooks were).
+    """
+    if result is None:
+        index = 0 if stack else -1
+    else:
+        info = result.info
+        index = len(stack) - 1
+        while index >= 0 and not _same_cell(stack[index][0], info):
+            index -= 1
+    if index < 0:
+        return None
+    entry = stack[index]
+    del stack[index:]  # never leave a stale run behind: later cells would look nested
+    return index, entry
+
+
+def _running(info: Any) -> bool:
+    """Whether the cell `info` describes still runs: its ``run_cell_async`` is on this thread's stack.
+
+    Asked only when a cell starts or ends with another one still open below it (a nested run, or a
+    run that ended without its ``post_run_cell``), so the common cell never pays for the walk.
+    """
+    if not _HAS_CELL_RUNNER:
+        return True  # cannot tell: the old rule, nested, holds
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "run_cell_async" and frame.f_locals.get("info") is info:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _same_cell(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    fields = ("raw_cell", "store_history", "silent", "cell_id")
+    return all(getattr(a, name, None) == getattr(b, name, None) for name in fields)
+
+
 def _unquote(value: str | None) -> str | None:
     if value and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         return value[1:-1]
@@ -393,7 +470,10 @@ def _suggest(text: str, first_line: bool) -> tuple[list[str], bool]:
     if head in ("%clacky_telemetry", "clacky_telemetry"):
         if len(words) == 1:
             return [c for c in TELEMETRY_COMMANDS if c.startswith(token)], True
-        return [], words[0] == "log"  # `log N`: a number, nothing to offer
+        if words[0] == "log" and len(words) == 2:
+            # `log N`: offer counts, so no keywords or file names do (an empty answer suppresses nothing)
+            return [n for n in LOG_COUNTS if n.startswith(token)], True
+        return [], False
     if (head == "%%clacky" and first_line) or head == "%clacky":
         expects_value = len(words) > 1 and words[-2] in CLACKY_OPTIONS
         if expects_value or not (token.startswith("-") or (head == "%%clacky" and not token)):

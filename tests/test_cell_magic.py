@@ -150,6 +150,23 @@ def test_interrupted_async_tracked_cell(kernel, receiver):
     assert (task["trigger"], task["status"]) == ("cell", "interrupted") and "error_kind" not in task
 
 
+def test_nested_runs_and_clacky_over_a_cell_magic_in_a_kernel(kernel, receiver):
+    kernel.execute("%config ClackyTelemetry.track_cells = True")
+    reply, _ = kernel.execute("import asyncio\nawait asyncio.sleep(0)\nget_ipython().run_cell('a = 1');")
+    assert reply["status"] == "ok", reply
+    reply, outputs = kernel.execute("%%clacky --model m\n%%time\n4")
+    assert reply["status"] == "ok", reply
+    assert "Wall time" in text(outputs)
+    kernel.execute("y = 2")
+    wait_for(receiver, 3)
+    receiver.quiet()
+    assert [(e["trigger"], e.get("model")) for e in receiver.events("task")] == [
+        ("cell", None),
+        ("magic", "m"),
+        ("cell", None),
+    ]
+
+
 def test_line_form_with_await_in_a_kernel(kernel, receiver):
     kernel.execute("import asyncio\nasync def agent():\n    return {'model': 'x', 'iterations': 1}")
     reply, outputs = kernel.execute("%clacky --provider p await agent()")
