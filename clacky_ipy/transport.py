@@ -85,6 +85,13 @@ class Plan(NamedTuple):
     timeout: float
     user_agent: str
 
+    def __repr__(self) -> str:
+        """A debugger or a log may show a Plan: never a host's ``user:password@``."""
+        from .config import mask_credentials
+
+        fields = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self))
+        return mask_credentials(f"Plan({fields})")
+
 
 #: What a planner returns for an item that turned out to be no event (e.g. the cell that
 #: loaded the extension): nothing is sent and nothing is counted.

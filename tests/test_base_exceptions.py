@@ -134,3 +134,16 @@ def test_any_base_exception_loses_only_its_keys(fresh_client, env, receiver, err
     assert {k: event[k] for k in readable(bad)} == readable(bad)
     assert not {payload.RESULT_KEYS[k] for k in bad if k != "status"} & set(event)
     assert CLIENT.transport.failed == 0
+
+
+def test_debug_reads_on_the_users_thread_a_ctrl_c_reaches_them(fresh_client, env, receiver, capsys):
+    """Debug mode builds the payload on the user's thread: a SystemExit from the value loses only
+    its key, while a KeyboardInterrupt (perhaps the user's Ctrl-C) is not swallowed."""
+    env.setenv("CLACKY_LICENSE_SERVER", receiver.url)
+    env.setenv("CLACKY_TELEMETRY_DEBUG", "1")
+    assert clacky_ipy.task(PartlyBad({"model"}, SystemExit)) is True
+    (line,) = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith('{"event": "task"')]
+    assert line["payload"]["provider"] == "p" and "model" not in line["payload"]
+    with pytest.raises(KeyboardInterrupt):
+        clacky_ipy.task(PartlyBad({"model"}, KeyboardInterrupt))
+    assert receiver.requests == []

@@ -90,6 +90,14 @@ def test_password_never_in_the_config_listing(ip, env, capsys):
         assert secret not in shown, secret
 
 
+def test_password_never_in_a_plans_repr():
+    from clacky_ipy.transport import Plan
+
+    plan = Plan({"model": "m"}, ("http://bob:Pw0rd@127.0.0.1:1", "https://x:y@h"), 3.0, "ua")
+    assert "Pw0rd" not in repr(plan) and "x:y" not in repr(plan) and "http://***@127.0.0.1:1" in repr(plan)
+    assert plan.hosts[0] == "http://bob:Pw0rd@127.0.0.1:1"  # still sent as basic auth
+
+
 def test_password_never_in_an_env_endpoint_refusal(ip, env, capsys):
     env.setenv("CLACKY_LICENSE_SERVER", "ftp://alice:S3cret@host")
     load(ip)
