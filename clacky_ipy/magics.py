@@ -6,7 +6,10 @@ cell costs nothing at all. ``pre_run_cell`` records a start time and
 ``post_run_cell`` queues one small tuple when the finished cell is top-level: the
 status, the rounding and the extension-cell check happen on the worker.
 Each run is matched by its ``ExecutionInfo``, so the cell that loaded the
-extension (a post without a pre) and a magic's nested run are never counted.
+extension (a post without a pre) and a magic's nested run are never counted; a
+cell whose ``ExecutionInfo`` IPython rebuilt (an interrupt escaping the async
+runner) or that ipykernel reports as ``None`` still closes its run, so no stale
+run ever makes later cells look nested.
 
 A ``%%clacky`` cell is not run by the magic: an input transformer removes the
 ``%%clacky`` line (``%clacky [options]`` before a one-line statement) and marks the
