@@ -92,19 +92,19 @@ CACHE_STATS_KEYS = {
 #: number outside it (an int or a float) is dropped, never sent, never stored.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-#: Keys that count something (tokens, requests, iterations) or cost money: never negative.
-NON_NEGATIVE = frozenset(
-    {
-        "iterations",
-        "cost_usd",
-        "prompt_tokens",
-        "completion_tokens",
-        "cache_creation_tokens",
-        "cache_read_tokens",
-        "cache_total_requests",
-        "cache_hit_requests",
-    }
+#: Cost, then the keys that count tokens and requests: what the collector sums.
+AMOUNTS = (
+    "cost_usd",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "cache_total_requests",
+    "cache_hit_requests",
 )
+
+#: Keys that count something (tokens, requests, iterations) or cost money: never negative.
+NON_NEGATIVE = frozenset({"iterations", *AMOUNTS})
 
 #: The longest duration believed: a year. A negative or longer one is a clock or unit error.
 MAX_DURATION_MS = 366 * 24 * 3600 * 1000

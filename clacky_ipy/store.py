@@ -40,15 +40,7 @@ from typing import Any
 from . import payload
 
 #: Summed per rollup row, next to the event count (tokens and requests are counts too).
-SUMS = (
-    "cost_usd",
-    "prompt_tokens",
-    "completion_tokens",
-    "cache_creation_tokens",
-    "cache_read_tokens",
-    "cache_total_requests",
-    "cache_hit_requests",
-)
+SUMS = payload.AMOUNTS
 #: The dimensions each event is counted by (besides ``all``), one rollup row each.
 DIMS: dict[str, tuple[str, ...]] = {
     "task": ("status", "model", "provider", "trigger", "frontend"),
