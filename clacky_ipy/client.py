@@ -106,6 +106,7 @@ class Client:
         self._context: dict[str, Any] | None = None
         self._context_lock = threading.Lock()
         self._user_off = False  # the persisted %clacky_telemetry off
+        self._saved_path: str | None = None  # where it is saved: the worker checks it before each send
         self._home_off: str | None = None  # why the saved choice cannot be checked (telemetry stays off)
         self._device_stored = False  # the device id was read from brand.yml
         self._context_thread: threading.Thread | None = None  # computing the context for status()
@@ -158,6 +159,8 @@ class Client:
         self._config = config
         self.frontend = frontend
         self._user_off, self._home_off = self._saved_choice()
+        saved = saved_choice_path()
+        self._saved_path = None if saved is None else str(saved)
         self._policy_off = policy_off_reason()
         self.notice_pending = not (self._notice_displayed or notice.seen())
         config.observe(self._config_changed)
@@ -218,6 +221,17 @@ class Client:
             return persisted_off(), None
         except OSError as exc:
             return False, f"the saved choice cannot be checked: {exc}"
+
+    def _saved_off_since(self) -> bool:
+        """Whether the choice was saved ``off`` since this session read it (one stat, on the worker)."""
+        path = self._saved_path
+        if path is None:
+            return False
+        try:
+            os.stat(path)
+        except (OSError, ValueError):
+            return False
+        return True
 
     def off_reason(self) -> str | None:
         """Why telemetry is off right now, or None when it is on."""
@@ -343,7 +357,8 @@ class Client:
         fields: dict[str, Any] | None = None,
     ) -> bool:
         """A task event from what happened; `task_fields` works it out on the worker."""
-        return self.submit("task", (trigger, error, measured_ms, result, fields, None))
+        kind = None if error is None else type(error)  # not the exception: its traceback holds frames
+        return self.submit("task", (trigger, kind, measured_ms, result, fields, None))
 
     def cell(self, info: Any, error: BaseException | None, start: float, end: float) -> bool:
         """A tracked cell (the post_run_cell hook): a time and a tuple, nothing more here.
@@ -351,7 +366,7 @@ class Client:
         The common case (configured, on, nothing pending, not debugging) goes straight to
         the queue; anything else takes `submit`'s full path.
         """
-        data = ("cell", error, (start, end), None, None, info)
+        data = ("cell", None if error is None else type(error), (start, end), None, None, info)
         if (
             self._config is None
             or self.notice_pending
@@ -443,9 +458,9 @@ class Client:
         except Exception:
             pass
 
-    def build(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def build(self, event: str, fields: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
         """The payload exactly as sent: shared context, then the event's fields, cleaned."""
-        return payload.clean(event, {**self.context(), "frontend": self.frontend, **fields})
+        return payload.clean(event, {**(context or self.context()), "frontend": self.frontend, **fields})
 
     def _plan(self, event: str, data: Any) -> Plan | None:
         """Called by the worker just before sending: the opt-out is checked again here,
@@ -455,6 +470,9 @@ class Client:
         policy = policy_off_reason()
         if policy:
             self._policy_off = policy
+            return None
+        if self._saved_off_since():
+            self._user_off = True  # `clacky-ipy telemetry off` in another shell: this session too
             return None
         fields = self.task_fields(data)
         if fields is None:
@@ -487,16 +505,22 @@ class Client:
     def recent(self, n: int = 20) -> list[dict[str, Any]]:
         """The last `n` events of this process, oldest first, with the exact body and outcome.
 
-        Events still waiting for the notice come last, with the body they would be sent with.
+        Events still waiting for the notice come last, with the body they would be sent with
+        (None while the device id is still being computed: this runs on the user's thread,
+        which never reads brand.yml nor waits on the worker).
         """
         entries = list(self.log)
         with self._held_lock:
             held = list(self._held)
+        context = self.context_soon(0.2) if held else None
         for when, event, data in held:
             fields = self.task_fields(data)
             if fields is None:
                 continue  # the extension's own cell: never an event
-            body = json.dumps(self.build(event, fields), separators=(",", ":"), allow_nan=False).encode()
+            body = None
+            if context is not None:
+                built = self.build(event, fields, context)
+                body = json.dumps(built, separators=(",", ":"), allow_nan=False).encode()
             entries.append((when, event, payload.PATHS[event], body, WAITING))
         n = max(0, min(n, LOG_SIZE))
         return [

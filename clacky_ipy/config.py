@@ -130,11 +130,6 @@ def policy_off_reason() -> str | None:
     return None
 
 
-def machine_off_reason() -> str | None:
-    """The switches no user setting can override: the environment, then a policy file."""
-    return env_off_reason() or policy_off_reason()
-
-
 def saved_choice_path(home: Path | None = None) -> Path | None:
     """Where ``%clacky_telemetry off`` / ``clacky-ipy telemetry off`` saves the choice; None
     when the Clacky home cannot be resolved."""

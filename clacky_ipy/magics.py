@@ -518,8 +518,9 @@ def load(shell: Any) -> None:
     if completer is not None:
         magics.matcher = _matcher()
         completer.custom_matchers.append(magics.matcher)
-    CLIENT.attach(telemetry, frontend=detect_frontend(shell))
+    # before attach: attaching may send a pending startup, which must wait for this notice
     CLIENT.notice_display = magics.show_notice  # the events wait for it, in a cell's output
+    CLIENT.attach(telemetry, frontend=detect_frontend(shell))
     CLIENT.startup()
     magics._notice_pending = CLIENT.notice_pending
     if magics._notice_pending and _seen_by_a_person(shell, _running_cell(shell)):

@@ -292,15 +292,16 @@ def task_metrics(result: Any) -> dict[str, Any]:
     return metrics
 
 
-def _interrupted(error: BaseException) -> bool:
+def _interrupted(error: BaseException | type[BaseException]) -> bool:
     """A KeyboardInterrupt, or asyncio's CancelledError: what a kernel interrupt raises in an async cell."""
-    if isinstance(error, KeyboardInterrupt):
+    kind = error if isinstance(error, type) else type(error)
+    if issubclass(kind, KeyboardInterrupt):
         return True
     asyncio = sys.modules.get("asyncio")  # not imported: no CancelledError can exist
-    return asyncio is not None and isinstance(error, asyncio.CancelledError)
+    return asyncio is not None and issubclass(kind, asyncio.CancelledError)
 
 
-def status_of(error: BaseException | None, own: Any = None) -> str:
+def status_of(error: BaseException | type[BaseException] | None, own: Any = None) -> str:
     """`interrupted`, `error`, or the agent's own status when it is `success`/`error`, else `success`.
 
     Never raises: `own` is compared only when it is a str (a numpy array or an
@@ -317,12 +318,16 @@ def status_of(error: BaseException | None, own: Any = None) -> str:
     return "success"
 
 
-def error_kind(error: BaseException | None) -> str | None:
-    """The exception's class name only: never its message, which may hold user data. Never raises."""
+def error_kind(error: BaseException | type[BaseException] | None) -> str | None:
+    """The exception's class name only: never its message, which may hold user data. Never raises.
+
+    Takes the exception or its class: the queue keeps only the class, so that a failed
+    cell's traceback (and every object its frames hold) is freed at once.
+    """
     if error is None:
         return None
     try:
-        name = type(error).__name__
+        name = (error if isinstance(error, type) else type(error)).__name__
         return str.__str__(name) if isinstance(name, str) else None
     except BaseException as exc:
         if _propagates(exc):

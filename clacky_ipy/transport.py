@@ -16,7 +16,6 @@ Nothing here raises or prints, whatever the server or the user's values do.
 from __future__ import annotations
 
 import atexit
-import http.client
 import io
 import json
 import os
@@ -56,22 +55,26 @@ FORK_WAIT = 1.0
 #: Imported by the worker under _SETUP before anything else, so that no import happens
 #: later on a worker thread (building the context, sending, parsing a Retry-After date).
 WORKER_IMPORTS = ("requests", "yaml", "hashlib", "platform", "socket", "email.utils", "encodings.idna")
-_fork_holds_setup = False
+
+#: Whether this thread's fork took _SETUP: per thread, since two threads may fork at once
+#: and one's time-out must not make the other's parent forget to release it.
+_FORK = threading.local()
 
 
 def _before_fork() -> None:
-    global _fork_holds_setup
-    _fork_holds_setup = _SETUP.acquire(timeout=FORK_WAIT)
+    _FORK.holds_setup = _SETUP.acquire(timeout=FORK_WAIT)
 
 
 def _after_fork_in_parent() -> None:
-    if _fork_holds_setup:
+    if getattr(_FORK, "holds_setup", False):
+        _FORK.holds_setup = False
         _SETUP.release()
 
 
 def _after_fork_in_child() -> None:
     global _SETUP  # a lock the parent's worker may still hold would never be released here
     _SETUP = threading.Lock()
+    _FORK.holds_setup = False
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
@@ -176,18 +179,22 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
-class _Response(http.client.HTTPResponse):
-    """http.client's response, reading through a `_DeadlineReader` when a deadline is set."""
-
-    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        deadline = _REQUEST.deadline
-        if deadline is not None:
-            self.fp = io.BufferedReader(_DeadlineReader(sock, deadline, self.fp))
-
-
 def _connection_class(base: type) -> type:
-    """`base` (a urllib3 connection) that reads by the deadline and notes when the request is written."""
+    """`base` (a urllib3 connection) that reads by the deadline and notes when the request is written.
+
+    Made on the worker (by `_new_session`): ``http.client`` imports ``ssl`` and ``email``,
+    11 ms that ``%load_ext`` would otherwise pay on the user's thread.
+    """
+    import http.client
+
+    class _Response(http.client.HTTPResponse):
+        """http.client's response, reading through a `_DeadlineReader` when a deadline is set."""
+
+        def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(sock, *args, **kwargs)
+            deadline = _REQUEST.deadline
+            if deadline is not None:
+                self.fp = io.BufferedReader(_DeadlineReader(sock, deadline, self.fp))
 
     class Connection(base):  # type: ignore[misc, valid-type]
         response_class = _Response
@@ -430,10 +437,10 @@ class Transport:
         self._due = 0
         n = 0
         while True:
-            try:
+            with self._lock:  # a sender checks and pops under it: never pop between the two
+                if not self._queue:
+                    break
                 event = self._queue.popleft()[0]
-            except IndexError:
-                break
             n += 1
             self._count("dropped")
             self._outcome(event, None, "dropped: opted out")
