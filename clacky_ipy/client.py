@@ -114,12 +114,6 @@ class Client:
         self._debug = False
         self._listeners: list[Callable[[], None]] = []  # told when telemetry may have turned on or off
 
-    def forget_process_state(self) -> None:
-        """In a forked child: the parent sends what waited for the notice, and its log is the parent's."""
-        self._held_lock = threading.Lock()  # another thread may have held it at the fork
-        self._held = []
-        self.log.clear()
-
     def reset(self) -> None:
         """Forget everything, as a new process would (for tests)."""
         config = self._config
@@ -285,8 +279,7 @@ class Client:
         with self._held_lock:
             if self.notice_pending:
                 if len(self._held) >= limit:
-                    self.transport._count_dropped()
-                    self._record(event, payload.PATHS[event], None, "dropped: queue full")
+                    self.transport.drop(event, "dropped: queue full")
                     return False
                 self._held.append((time.time(), event, fields))
                 return True
@@ -331,8 +324,7 @@ class Client:
             if send:
                 self.transport.submit(event, fields)
             else:
-                self.transport._count_dropped()
-                self._record(event, payload.PATHS[event], None, "dropped: opted out")
+                self.transport.drop(event, "dropped: opted out")
 
     def startup(self) -> bool:
         """Send the process's one startup event; later calls do nothing."""
@@ -409,8 +401,12 @@ class Client:
 
     def after_fork_in_child(self) -> None:
         """A forked child has no worker: fresh queue and threads, and fresh locks, since the
-        parent's worker may have held one (reading a slow brand.yml) at the fork."""
+        parent's worker may have held one (reading a slow brand.yml) at the fork. The parent
+        sends what waited for the notice, and the log so far is the parent's."""
         self._context_lock = threading.Lock()
+        self._held_lock = threading.Lock()  # another thread may have held it at the fork
+        self._held = []
+        self.log.clear()
         self.transport.after_fork_in_child()
 
     # -- payloads ------------------------------------------------------------------
@@ -574,7 +570,6 @@ class Client:
 
 CLIENT = Client()
 os.register_at_fork(after_in_child=CLIENT.after_fork_in_child)
-os.register_at_fork(after_in_child=CLIENT.forget_process_state)
 
 
 # -- the public Python API ----------------------------------------------------------

@@ -376,11 +376,11 @@ class Transport:
         """Queue one event; False (and counted) when the queue is full or exit is under way."""
         queue = self._queue
         if self.closed or sys.is_finalizing():
-            self._drop(event, "dropped: at exit")  # no thread may start now, and none would run
+            self.drop(event, "dropped: at exit")  # no thread may start now, and none would run
             return False
         waiting = len(queue)
         if waiting >= self.max_queue_size:
-            self._drop(event, "dropped: queue full")
+            self.drop(event, "dropped: queue full")
             return False
         queue.append((event, data, perf_counter() if made_at is None else made_at))
         if self._idle or waiting + 1 == (self.batch or self.max_queue_size >> 1) or self._thread is None:
@@ -442,15 +442,11 @@ class Transport:
                     break
                 event = self._queue.popleft()[0]
             n += 1
-            self._count("dropped")
-            self._outcome(event, None, "dropped: opted out")
+            self.drop(event, "dropped: opted out")
         return n
 
-    def _count_dropped(self) -> None:
-        """One event dropped before it reached the queue (the client's held events)."""
-        self._count("dropped")
-
-    def _drop(self, event: str, outcome: str) -> None:
+    def drop(self, event: str, outcome: str) -> None:
+        """Count one event dropped (here, or by the client before it reached the queue) and report why."""
         self._count("dropped")
         self._outcome(event, None, outcome)
 
