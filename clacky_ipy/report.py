@@ -27,10 +27,11 @@ TOKEN_COLUMNS = store.SUMS[1:]
 #: write. Each takes the window's first day ('' for everything) and a CI parameter: rollup rows
 #: with ci <> it (1 with --exclude-ci, else 2: none left out); the device counts take their scope.
 QUERIES = {
-    # per day, kind, run and dimension: counts and the sums of cost and tokens (summed in Python: exact)
+    # per day, kind, run and dimension: counts and the sums of cost and tokens (summed in Python: exact;
+    # in one order, so that floats add up the same however the rows were written)
     "daily": "SELECT day, kind, ci, run, dim, key, cost_source, events, errors, cost_n, "
     + ", ".join(store.SUMS)
-    + " FROM rollup_daily WHERE day >= ? AND ci <> ?",
+    + " FROM rollup_daily WHERE day >= ? AND ci <> ? ORDER BY day, kind, ci, run, dim, key, cost_source",
     "durations": "SELECT run, dim, key, bucket, SUM(n), MIN(lo), MAX(hi) FROM rollup_durations "
     "WHERE day >= ? AND ci <> ? GROUP BY run, dim, key, bucket",
     # every device figure, device-free: a few rows per day whatever the number of devices
@@ -610,6 +611,7 @@ def render(report: dict, fmt: str = "table") -> str:
         if name == "totals":
             rows = [[TOTAL_LABELS.get(figure, figure), value] for figure, value in rows]
             header = ["", ""]
+        header = [safe.printable(h) for h in header]  # a day's columns are named by received statuses
         cells = [[text_cell(c) for c in row] for row in rows]
         widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
         lines.append(f"\n{name}")
