@@ -1289,6 +1289,7 @@ class Bench:
         """The report at a million distinct devices (two events each, written through the store's
         own API as a collector does), SQLite and PostgreSQL: device figures cost no device count."""
         n = self.size("reach_devices")
+        sys.path.insert(0, str(ROOT / "tests"))  # pgcluster.py: a throwaway PostgreSQL
         db = self.work / "devices.db"
         seconds = fill_devices(str(db), n)
         self.row(f"ingest of {2 * n:,} events from {n:,} devices, SQLite (add_batch of 512)",

@@ -9,15 +9,17 @@ Raw events are kept as they always were (the ``events`` table). Next to them, in
 SAME transaction as each batch of raw rows, the store keeps the rollups every report
 figure is read from (so a report costs the same at ten thousand or ten million events):
 
-- ``rollup_daily``: per day, event kind, CI flag and dimension (``all``, status, model,
-  provider, trigger, frontend, launch_source) the number of events and the sums of cost
-  and tokens;
+- ``rollup_daily``: per day, event kind, CI flag, run (agent run or tracked cell), dimension
+  (``all``, status, model, provider, version, os...) and cost source, the number of events and
+  errors and the sums of cost and tokens;
 - ``rollup_device_days``: which devices were active each day (startups and tasks, from CI
   and not), one row per device and day;
-- ``rollup_devices``: each device's first and last event;
-- ``rollup_durations``: per status, day and CI flag a log-bucket histogram of
-  ``duration_ms`` (each bucket's count, smallest and largest value): mergeable across
-  days, so percentiles over any window are within `ALPHA` of the true value.
+- ``rollup_devices``: each device's first and last event, and its latest startup (per scope);
+- ``rollup_reach``: every device's part in the device figures, summed (see reach.py): daily,
+  weekly and monthly active devices, new devices, cohorts and adoption without counting devices;
+- ``rollup_durations``: per run, status (and model, provider), day and CI flag a log-bucket
+  histogram of ``duration_ms`` (each bucket's count, smallest and largest value): mergeable
+  across days, so percentiles over any window are within `ALPHA` of the true value.
 
 `rebuild` recomputes every rollup from the raw events: repair, and the migration of a
 database written by an earlier version (which has raw events only).
