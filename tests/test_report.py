@@ -52,7 +52,9 @@ def db(db_target):
 def test_hand_counted_figures(db):
     r = report.build(db)
     assert (r["unique_devices"], r["startups"], r["tasks"]) == (2, 3, 5)
-    assert [{k: d[k] for k in ("day", "active_devices", "tasks", "agent_runs", "tracked_cells")} for d in r["daily"]] == [
+    assert [
+        {k: d[k] for k in ("day", "active_devices", "tasks", "agent_runs", "tracked_cells")} for d in r["daily"]
+    ] == [
         {"day": "2026-11-20", "active_devices": 2, "tasks": 2, "agent_runs": 1, "tracked_cells": 1},
         {"day": "2026-11-21", "active_devices": 3, "tasks": 3, "agent_runs": 3, "tracked_cells": 0},
     ]

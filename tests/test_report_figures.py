@@ -23,22 +23,34 @@ def at(day: date, hour: int = 10) -> str:
     return f"{day.isoformat()}T{hour:02d}:00:00.000000Z"
 
 
-def random_events(rng: random.Random, n: int = 300, devices: int = 12, days: int = 50) -> list:
+def random_events(rng: random.Random, n: int = 300, devices: int = 12, days: int = 50, with_none: bool = True) -> list:
     out = []
     for _ in range(n):
         day = START + timedelta(days=rng.randrange(days))
         fields = {"device_id": f"d{rng.randrange(devices)}", "ci": rng.choice([True, False, None])}
         if rng.random() < 0.3:
             kind = "startup"
-            fields.update(version=rng.choice(["0.1", "0.2", None]), os=rng.choice(["linux", "darwin"]),
-                          frontend=rng.choice(["jupyter", "terminal", None]))  # fmt: skip
+            fields.update(
+                version=rng.choice(["0.1", "0.2", None]),
+                os=rng.choice(["linux", "darwin"]),
+                frontend=rng.choice(["jupyter", "terminal", None]),
+            )
         else:
             kind = "task"
-            fields.update(trigger=rng.choice(["magic", "api", "cell", None]), model=rng.choice(["m1", "m2", None]),
-                          status=rng.choice(["success", "error"]), cost_usd=rng.choice([None, 0.25, 1.0]),
-                          duration_ms=rng.choice([None, 10, 100, 1000]))  # fmt: skip
-        out.append((f"{day.isoformat()}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00.000000Z", kind,
-                    payload.clean(kind, {k: v for k, v in fields.items() if v is not None})))  # fmt: skip
+            fields.update(
+                trigger=rng.choice(["magic", "api", "cell", None]),
+                model=rng.choice(["m1", "m2", None]),
+                status=rng.choice(["success", "error"]),
+                cost_usd=rng.choice([None, 0.25, 1.0]),
+                duration_ms=rng.choice([None, 10, 100, 1000]) if with_none else rng.choice([10, 100]),
+            )
+        out.append(
+            (
+                f"{day.isoformat()}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00.000000Z",
+                kind,
+                payload.clean(kind, {k: v for k, v in fields.items() if v is not None}),
+            )
+        )
     return out
 
 
@@ -60,16 +72,24 @@ def brute(events: list, since: str = "", exclude_ci: bool = False, now: datetime
     if event_days:
         day, last = date.fromisoformat(event_days[0]), date.fromisoformat(event_days[-1])
         while day <= last:
+
             def active(w, day=day):
                 return sum(1 for s in days.values() if any(day - timedelta(days=w - 1) <= d <= day for d in s))
+
             new = sum(1 for s in days.values() if min(s) == day)
             runs = [f for t, k, f in sel if t[:10] == day.isoformat() and k == "task"]
-            daily.append({
-                "day": day.isoformat(), "active_devices": active(1), "weekly_active_devices": active(7),
-                "monthly_active_devices": active(30), "new_devices": new, "returning_devices": active(1) - new,
-                "agent_runs": sum(1 for f in runs if f.get("trigger") != "cell"),
-                "tracked_cells": sum(1 for f in runs if f.get("trigger") == "cell"),
-            })  # fmt: skip
+            daily.append(
+                {
+                    "day": day.isoformat(),
+                    "active_devices": active(1),
+                    "weekly_active_devices": active(7),
+                    "monthly_active_devices": active(30),
+                    "new_devices": new,
+                    "returning_devices": active(1) - new,
+                    "agent_runs": sum(1 for f in runs if f.get("trigger") != "cell"),
+                    "tracked_cells": sum(1 for f in runs if f.get("trigger") == "cell"),
+                }
+            )
             day += timedelta(days=1)
     cohorts = {}
     for s in days.values():
@@ -95,11 +115,16 @@ def brute(events: list, since: str = "", exclude_ci: bool = False, now: datetime
         "active_devices": len({f["device_id"] for _, _, f in sel if f.get("device_id")}),
         "new_devices": sum(1 for s in days.values() if min(s).isoformat() >= since),
         "cohorts": [
-            {"week": w, "devices": c[0],
-             "retained": [c[k] if date.fromisoformat(w).toordinal() + 7 * k <= today else None
-                          for k in range(1, reach.COHORT_WEEKS + 1)]}
+            {
+                "week": w,
+                "devices": c[0],
+                "retained": [
+                    c[k] if date.fromisoformat(w).toordinal() + 7 * k <= today else None
+                    for k in range(1, reach.COHORT_WEEKS + 1)
+                ],
+            }
             for w, c in sorted(cohorts.items())
-        ],  # fmt: skip
+        ],
         "versions": dict(versions),
         "agent_runs": len(agent),
         "tracked_cells": sum(1 for _, k, f in sel if k == "task" and f.get("trigger") == "cell"),
@@ -166,11 +191,17 @@ def test_hand_counted_windows_cohorts_and_ci(db_target):
     d = date(2026, 12, 28)  # a Monday; the week holds the new year
     events = [
         (at(d), "startup", {"device_id": "a", "version": "1", "ci": False}),
-        (at(d + timedelta(days=6)), "task", {"device_id": "a", "trigger": "magic", "model": "bad",
-                                              "status": "error", "ci": False}),  # fmt: skip
+        (
+            at(d + timedelta(days=6)),
+            "task",
+            {"device_id": "a", "trigger": "magic", "model": "bad", "status": "error", "ci": False},
+        ),
         (at(d + timedelta(days=7)), "task", {"device_id": "a", "trigger": "cell", "status": "success"}),
-        (at(d + timedelta(days=14)), "task", {"device_id": "b", "trigger": "api", "model": "good",
-                                               "status": "success", "cost_usd": 2.0}),  # fmt: skip
+        (
+            at(d + timedelta(days=14)),
+            "task",
+            {"device_id": "b", "trigger": "api", "model": "good", "status": "success", "cost_usd": 2.0},
+        ),
         (at(d + timedelta(days=3)), "startup", {"device_id": "ci-only", "version": "2", "ci": True}),
     ]
     ingest(db_target, events, random.Random(1))
@@ -206,7 +237,7 @@ def test_a_report_taken_during_ingest_adds_up(db_target):
     def write() -> None:
         rng = random.Random(3)
         while not stop.is_set():
-            store.add_batch(random_events(rng, n=20, devices=50, days=3))
+            store.add_batch(random_events(rng, n=20, devices=50, days=3, with_none=False))
 
     writer = threading.Thread(target=write)
     writer.start()
@@ -214,9 +245,10 @@ def test_a_report_taken_during_ingest_adds_up(db_target):
         for _ in range(25):
             r = report.build(db_target)
             assert r["tasks"] == sum(r["tasks_by_status"].values()) == sum(r["tasks_by_model"].values())
-            assert r["tasks"] == sum(r["tasks_by_trigger"].values()) == r["agent_runs"] + r["tracked_cells"]
-            assert sum(row["tasks"] for row in r["daily"]) == r["tasks"]
+            assert r["tasks"] == sum(r["tasks_by_trigger"].values()) == sum(row["tasks"] for row in r["daily"])
             durations = sum(f["tasks"] for f in r["duration_ms"].values())
+            assert durations == r["tasks"]  # every generated task has a duration
+            assert r["tasks"] == r["agent_runs"] + r["tracked_cells"]
             assert durations == sum(m["tasks"] for m in r["duration_ms_by_run"]["agent_runs"].values()) + sum(
                 m["tasks"] for m in r["duration_ms_by_run"]["tracked_cells"].values()
             )

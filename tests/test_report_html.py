@@ -38,8 +38,21 @@ def fill(path, days=400, start=date(2025, 1, 1)):
             device = {"device_id": f"dev{d + i // 60}", "ci": False}
             rows.append((f"{day}T08:00:00.000000Z", "startup", {**device, "version": f"0.{i // 100}", "os": "linux"}))
             for model, status in ((HOSTILE, "success"), ("gpt-5", "error"), (IMG, "success")):
-                rows.append((f"{day}T09:00:00.000000Z", "task", {**device, "trigger": "magic", "model": model,
-                             "status": status, "duration_ms": 1000 + i, "cost_usd": 0.5, "cost_source": "api"}))  # fmt: skip
+                rows.append(
+                    (
+                        f"{day}T09:00:00.000000Z",
+                        "task",
+                        {
+                            **device,
+                            "trigger": "magic",
+                            "model": model,
+                            "status": status,
+                            "duration_ms": 1000 + i,
+                            "cost_usd": 0.5,
+                            "cost_source": "api",
+                        },
+                    )
+                )
             rows.append((f"{day}T10:00:00.000000Z", "task", {**device, "trigger": "cell", "status": "success"}))
     store.add_batch(rows)
     store.close()
@@ -52,8 +65,13 @@ def db(tmp_path_factory):
 
 
 def run_report(db, *args):
-    proc = subprocess.run([PYTHON, "-m", "clacky_ipy", "report", "--db", str(db), *args],
-                          env=subprocess_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [PYTHON, "-m", "clacky_ipy", "report", "--db", str(db), *args],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -76,8 +94,16 @@ def browser():
         pytest.skip(reason)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1300,1000"):  # fmt: skip
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1300,1000",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     return webdriver.Chrome(service=Service(driver_path), options=options)

@@ -9,7 +9,6 @@ import json
 import subprocess
 from datetime import datetime
 
-import pytest
 from conftest import PYTHON, subprocess_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
