@@ -501,6 +501,21 @@ class _Tx:
     """One open write transaction: statements, reads, and the devices' locks."""
 
     def run(self, sql: str, params: Sequence[Sequence[Any]] = ()) -> None:
+        """`sql` once with no parameters, once with the one row given, or for each row."""
+        if not params:
+            self.bare(sql)
+        elif len(params) == 1:
+            self.execute(sql, params[0])
+        else:
+            self.executemany(sql, params)
+
+    def bare(self, sql: str) -> None:
+        self.execute(sql, ())
+
+    def execute(self, sql: str, row: Sequence[Any]) -> None:
+        raise NotImplementedError
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
@@ -894,13 +909,14 @@ class _SQLiteTx(_Tx):
     def __init__(self, engine: _SQLite) -> None:
         self.engine, self.db = engine, engine.db
 
-    def run(self, sql: str, params: Sequence[Sequence[Any]] = ()) -> None:
-        if not params:
-            self.engine._run(sql)
-        elif len(params) == 1:
-            self.db.execute(sql, params[0])
-        else:
-            self.db.executemany(sql, params)
+    def bare(self, sql: str) -> None:
+        self.engine._run(sql)
+
+    def execute(self, sql: str, row: Sequence[Any]) -> None:
+        self.db.execute(sql, row)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.db.executemany(sql, rows)
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self.db.execute(sql, list(params)).fetchall()
@@ -916,14 +932,14 @@ class _PostgresTx(_Tx):
     def __init__(self, engine: _Postgres, cursor: Any) -> None:
         self.engine, self.cursor = engine, cursor
 
-    def run(self, sql: str, params: Sequence[Sequence[Any]] = ()) -> None:
-        sql = self.engine._sql(sql)
-        if not params:
-            self.cursor.execute(sql)
-        elif len(params) == 1:
-            self.cursor.execute(sql, params[0])
-        else:
-            self.cursor.executemany(sql, params)
+    def bare(self, sql: str) -> None:
+        self.cursor.execute(self.engine._sql(sql))
+
+    def execute(self, sql: str, row: Sequence[Any]) -> None:
+        self.cursor.execute(self.engine._sql(sql), row)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.cursor.executemany(self.engine._sql(sql), rows)
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         self.cursor.execute(self.engine._sql(sql), list(params))

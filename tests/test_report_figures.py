@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_store import ingest
 
 from clacky_ipy import payload, reach, report
 from clacky_ipy.store import open_store, rebuild
@@ -147,16 +148,6 @@ def assert_matches(got: dict, want: dict) -> None:
     assert sum(got["agent_runs_by_status"].values()) == got["agent_runs"]
 
 
-def ingest(target: str, events: list, rng: random.Random) -> None:
-    store = open_store(target)
-    i = 0
-    while i < len(events):
-        size = rng.randrange(1, 40)
-        store.add_batch(events[i : i + size])
-        i += size
-    store.close()
-
-
 WINDOWS = [(None, False), (None, True), (10, False), (30, True), (1, False)]
 
 
@@ -164,7 +155,7 @@ def test_device_figures_equal_counts_over_raw_events(db_target):
     rng = random.Random(7)
     events = random_events(rng)
     rng.shuffle(events)  # out of order: a device's earlier days arrive after its later ones
-    ingest(db_target, events, rng)
+    ingest(db_target, events, seed=8)
     kept = [report.build(db_target, days=d, exclude_ci=x, now=NOW) for d, x in WINDOWS]
     for (days, exclude_ci), got in zip(WINDOWS, kept):
         assert_matches(got, brute(events, report.first_day(days, NOW), exclude_ci))
@@ -178,7 +169,7 @@ def test_any_events_in_any_order_give_the_counted_figures(tmp_path_factory, seed
     rng = random.Random(seed)
     events = random_events(rng, n=rng.randrange(1, 60), devices=devices, days=days)
     target = str(tmp_path_factory.mktemp("h") / "events.db")
-    ingest(target, events, rng)
+    ingest(target, events, seed=seed)
     got = report.build(target, exclude_ci=rng.random() < 0.5, now=NOW)
     assert_matches(got, brute(events, "", got["filters"]["exclude_ci"]))
     rebuild(target)
@@ -204,7 +195,7 @@ def test_hand_counted_windows_cohorts_and_ci(db_target):
         ),
         (at(d + timedelta(days=3)), "startup", {"device_id": "ci-only", "version": "2", "ci": True}),
     ]
-    ingest(db_target, events, random.Random(1))
+    ingest(db_target, events)
     r = report.build(db_target, now=NOW)
     by_day = {row["day"]: row for row in r["daily"]}
     first = d.isoformat()

@@ -328,6 +328,8 @@ def test_old_database_is_read_after_rebuild_with_the_same_figures(old_db):
                         assert new[name][status][q] == pytest.approx(figures[q], rel=0.01)
             elif name == "filters":
                 assert new[name]["exclude_ci"] == exclude_ci
+            elif name == "cost_usd":
+                assert {k: new[name][k] for k in value} == value
             elif name == "daily":
                 assert [{k: d[k] for k in ("day", "active_devices", "tasks")} for d in new[name]] == value
             else:
