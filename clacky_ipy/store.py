@@ -454,7 +454,8 @@ def _rebuild_devices(tx: _Tx) -> None:
     """``rollup_devices`` and ``rollup_reach`` from the rebuilt device days and the raw startups."""
     seen: dict[tuple[str, int], list[str]] = {}
     for device, ci, first, last in tx.read(
-        "SELECT device_id, ci, MIN(first_seen), MAX(last_seen) FROM rebuild_devices GROUP BY device_id, ci"
+        f"SELECT device_id, {CI_SQL}, MIN(received_at), MAX(received_at) FROM events "
+        f"WHERE device_id IS NOT NULL AND device_id <> '' GROUP BY device_id, {CI_SQL}"
     ):
         mask = reach.scopes_of(ci)
         for scope in reach.SCOPES:
@@ -494,6 +495,30 @@ def _rebuild_devices(tx: _Tx) -> None:
     reach_rows = [[*key, n] for key, n in sorted(counts.items()) if n]
     if reach_rows:
         tx.run(UPSERT["rollup_reach"], reach_rows)
+
+
+def device_shares(read: Callable[[str, Sequence[Any]], list[tuple]], devices: Sequence[str]) -> list[list[Any]]:
+    """The ``rollup_reach`` rows that take `devices`' shares out of every device figure (their
+    stored days and latest startups, negated): what forgetting them leaves, as if never seen."""
+    days: dict[str, dict[str, int]] = {device: {} for device in devices}
+    latest: dict[str, dict[int, reach.Latest | None]] = {device: {} for device in devices}
+    adoption = ", ".join(reach.ADOPTION)
+    for chunk in _chunks(sorted(days)):
+        marks = ", ".join("?" * len(chunk))
+        for device, day, events, ci_events in read(
+            "SELECT device_id, day, startups + tasks, ci_startups + ci_tasks FROM rollup_device_days "
+            f"WHERE device_id IN ({marks})",
+            chunk,
+        ):
+            days[device][day] = _mask(events, ci_events)
+        for device, scope, startup_at, *values in read(
+            f"SELECT device_id, scope, startup_at, {adoption} FROM rollup_devices WHERE device_id IN ({marks})", chunk
+        ):
+            latest[device][scope] = (startup_at, tuple(values)) if startup_at else None
+    counts: Counter = Counter()
+    for device in days:
+        counts.subtract(reach.device_counts(days[device], latest[device]))
+    return [[*key, n] for key, n in sorted(counts.items()) if n]
 
 
 # -- transactions ------------------------------------------------------------------------------
@@ -656,15 +681,24 @@ class _Engine:
             )
 
     def rebuild_statements(self) -> list[tuple[str, list]]:
-        """The rollups SQL can make from the raw events: passes group the raw rows, the rest group those."""
+        """The rollup tables made anew, and filled with what SQL makes from the raw events."""
+        out: list[tuple[str, list]] = [(f"DROP TABLE IF EXISTS {table}", []) for table in ROLLUP_TABLES]
+        out += [(f"CREATE TABLE {t} ({d}){self.table_suffix}", []) for t, d in ROLLUP_TABLES.items()]
+        out += self.rollup_statements()
+        out += [(f"DROP INDEX IF EXISTS {name}", []) for name in OLD_INDEXES]
+        return out
+
+    def rollup_statements(self, where: str = "1 = 1", prefix: str = "") -> list[tuple[str, list]]:
+        """The rows of the rollups keyed by day (``rollup_daily``, ``rollup_device_days``,
+        ``rollup_durations``) from the raw events matching `where`, inserted into the existing
+        tables named `prefix` + the rollup's name: passes group the raw rows, the rest group those.
+        The rollups of devices' state and shares (`_rebuild_devices`) need every event of a device."""
         total = self.sum_function
         ci = CI_SQL
         dims = sorted({d for names in DIMS.values() for d in names})
         sums = ", ".join(f"COALESCE({total}({c}), 0) AS {c}" for c in SUMS)
         temporary = ("rebuild_groups", "rebuild_devices", "rebuild_durations")
-        out: list[tuple[str, list]] = [(f"DROP TABLE IF EXISTS {table}", []) for table in ROLLUP_TABLES]
-        out += [(f"CREATE TABLE {t} ({d}){self.table_suffix}", []) for t, d in ROLLUP_TABLES.items()]
-        out += [(f"DROP TABLE IF EXISTS {t}", []) for t in temporary]
+        out: list[tuple[str, list]] = [(f"DROP TABLE IF EXISTS {t}", []) for t in temporary]
         source = "CASE WHEN kind = 'task' THEN COALESCE(cost_source, '') ELSE '' END"
         grouped = f"{DAY_SQL}, kind, {ci}, {RUN_SQL}, {source}, " + ", ".join(f"COALESCE({d}, '')" for d in dims)
         out.append(
@@ -673,7 +707,7 @@ class _Engine:
                 f"{RUN_SQL} AS run, {source} AS cost_source, "
                 + ", ".join(f"COALESCE({d}, '') AS {d}" for d in dims)
                 + ", COUNT(*) AS events, SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS errors, "
-                f"COUNT(cost_usd) AS cost_n, {sums} FROM events GROUP BY {grouped}",
+                f"COUNT(cost_usd) AS cost_n, {sums} FROM events WHERE {where} GROUP BY {grouped}",
                 [],
             )
         )
@@ -681,7 +715,8 @@ class _Engine:
         columns = ", ".join(_COLUMNS["rollup_daily"])
         out.append(
             (
-                f"INSERT INTO rollup_daily ({columns}) SELECT day, kind, ci, run, 'all', '', cost_source, {regroup} "
+                f"INSERT INTO {prefix}rollup_daily ({columns}) SELECT day, kind, ci, run, 'all', '', cost_source, "
+                f"{regroup} "
                 "FROM rebuild_groups GROUP BY day, kind, ci, run, cost_source",
                 [],
             )
@@ -690,7 +725,8 @@ class _Engine:
             for dim in names:
                 out.append(
                     (
-                        f"INSERT INTO rollup_daily ({columns}) SELECT day, kind, ci, run, '{dim}', {dim}, cost_source, "
+                        f"INSERT INTO {prefix}rollup_daily ({columns}) SELECT day, kind, ci, run, '{dim}', {dim}, "
+                        "cost_source, "
                         f"{regroup} FROM rebuild_groups WHERE kind = '{event}' "
                         f"GROUP BY day, kind, ci, run, {dim}, cost_source",
                         [],
@@ -702,13 +738,14 @@ class _Engine:
                 "SUM(CASE WHEN kind = 'startup' THEN 1 ELSE 0 END) AS startups, "
                 "SUM(CASE WHEN kind = 'task' THEN 1 ELSE 0 END) AS tasks, "
                 "MIN(received_at) AS first_seen, MAX(received_at) AS last_seen "
-                f"FROM events WHERE device_id IS NOT NULL AND device_id <> '' GROUP BY {DAY_SQL}, device_id, {ci}",
+                f"FROM events WHERE device_id IS NOT NULL AND device_id <> '' AND {where} "
+                f"GROUP BY {DAY_SQL}, device_id, {ci}",
                 [],
             )
         )
         out.append(
             (
-                "INSERT INTO rollup_device_days (device_id, day, startups, tasks, ci_startups, ci_tasks) "
+                f"INSERT INTO {prefix}rollup_device_days (device_id, day, startups, tasks, ci_startups, ci_tasks) "
                 "SELECT device_id, day, SUM(CASE WHEN ci = 1 THEN 0 ELSE startups END), "
                 "SUM(CASE WHEN ci = 1 THEN 0 ELSE tasks END), SUM(CASE WHEN ci = 1 THEN startups ELSE 0 END), "
                 "SUM(CASE WHEN ci = 1 THEN tasks ELSE 0 END) FROM rebuild_devices GROUP BY device_id, day",
@@ -722,7 +759,7 @@ class _Engine:
                 + ", ".join(f"COALESCE({k}, '') AS {k}" for k in keys)
                 + f", {self.bucket_sql} AS bucket, {DAY_SQL} AS day, {ci} AS ci, COUNT(*) AS n, "
                 "MIN(CAST(duration_ms AS DOUBLE PRECISION)) AS lo, MAX(CAST(duration_ms AS DOUBLE PRECISION)) AS hi "
-                "FROM events WHERE kind = 'task' AND duration_ms IS NOT NULL "
+                f"FROM events WHERE kind = 'task' AND duration_ms IS NOT NULL AND {where} "
                 f"GROUP BY {RUN_SQL}, "
                 + ", ".join(f"COALESCE({k}, '')" for k in keys)
                 + f", {self.bucket_sql}, {DAY_SQL}, {ci}",
@@ -733,21 +770,19 @@ class _Engine:
             for dim in names:
                 out.append(
                     (
-                        "INSERT INTO rollup_durations (run, dim, key, bucket, day, ci, n, lo, hi) "
+                        f"INSERT INTO {prefix}rollup_durations (run, dim, key, bucket, day, ci, n, lo, hi) "
                         f"SELECT run, '{dim}', {dim}, bucket, day, ci, SUM(n), MIN(lo), MAX(hi) "
                         f"FROM rebuild_durations WHERE run = '{run}' GROUP BY run, {dim}, bucket, day, ci",
                         [],
                     )
                 )
-        out += [(f"DROP INDEX IF EXISTS {name}", []) for name in OLD_INDEXES]
+        out += [(f"DROP TABLE {t}", []) for t in temporary]
         return out
 
     def rebuild_work(self, tx: _Tx) -> None:
         """Every rollup from the raw events: `rebuild_statements`, then each device's state and share."""
         _run_work(tx, self.rebuild_statements())
         _rebuild_devices(tx)
-        for t in ("rebuild_groups", "rebuild_devices", "rebuild_durations"):
-            tx.run(f"DROP TABLE {t}")
         tx.run(
             "INSERT INTO meta (key, value) VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
             [[SCHEMA, SCHEMA]],

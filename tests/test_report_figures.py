@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from test_store import ingest
 
 from clacky_ipy import payload, reach, report
-from clacky_ipy.store import open_store, rebuild
+from clacky_ipy.store import UPSERT, device_shares, open_store, rebuild
 
 NOW = datetime(2027, 1, 20, 12, 0, tzinfo=timezone.utc)
 START = date(2026, 12, 1)
@@ -249,3 +249,26 @@ def test_a_report_taken_during_ingest_adds_up(db_target):
         stop.set()
         writer.join()
         store.close()
+
+
+def test_taking_devices_shares_out_leaves_the_figures_of_a_database_without_them(db_target, tmp_path):
+    """`store.device_shares` (what `forget` subtracts) equals never having stored those devices."""
+    rng = random.Random(21)
+    events = random_events(rng, n=200, devices=6)
+    gone = ["d1", "d4"]
+    ingest(db_target, events, seed=2)
+    store = open_store(db_target)
+
+    def work(tx):
+        tx.run(UPSERT["rollup_reach"], device_shares(tx.read, gone))
+
+    store.engine.transaction(work)
+    with store.snapshot() as query:
+        got = query("SELECT scope, figure, key, day, n FROM rollup_reach WHERE n <> 0 ORDER BY 1, 2, 3, 4")
+    store.close()
+    other = str(tmp_path / "without.db")
+    ingest(other, [e for e in events if e[2].get("device_id") not in gone], seed=2)
+    store = open_store(other)
+    want = store.query("SELECT scope, figure, key, day, n FROM rollup_reach WHERE n <> 0 ORDER BY 1, 2, 3, 4")
+    store.close()
+    assert sorted(got) == sorted(want)
