@@ -265,12 +265,14 @@ def _figures(got: dict[str, list[tuple]], days: int | None, exclude_ci: bool, si
     daily = []
     if event_days:
         start = max(since, event_days[0]) if since else event_days[0]
-        statuses = day_dims.get(("agent", "status"), {})
+        statuses: dict[str, dict[str, int]] = {}
+        for (d, key), got_sums in day_dims.get(("agent", "status"), {}).items():
+            statuses.setdefault(d, {})[key or "(none)"] = statuses.get(d, {}).get(key or "(none)", 0) + got_sums.events
         for ordinal in range(date.fromisoformat(start).toordinal(), date.fromisoformat(event_days[-1]).toordinal() + 1):
             day = reach.iso(ordinal)
             figures = per_day.get(day, {})
             dau, new = active[1].at(day), first.get(day, 0)
-            by_status = {key or "(none)": s.events for (d, key), s in statuses.items() if d == day}
+            by_status = statuses.get(day, {})
             daily.append(
                 {
                     "day": day,
