@@ -26,12 +26,21 @@ TOKEN_COLUMNS = store.SUMS[1:]
 #: transaction, so that every breakdown of one report sums to its totals even while collectors
 #: write. Each takes the window's first day ('' for everything) and a CI parameter: rollup rows
 #: with ci <> it (1 with --exclude-ci, else 2: none left out); the device counts take their scope.
+_SUMMED = ", ".join(f"SUM({c})" for c in ("events", "errors", "cost_n", *store.SUMS))
 QUERIES = {
-    # per day, kind, run and dimension: counts and the sums of cost and tokens (summed in Python: exact;
-    # in one order, so that floats add up the same however the rows were written)
-    "daily": "SELECT day, kind, ci, run, dim, key, cost_source, events, errors, cost_n, "
+    # per day, kind and run: counts and the sums of cost and tokens (summed in Python: exact; in
+    # one order, so that floats add up the same however the rows were written)
+    "all": "SELECT day, kind, ci, run, dim, key, cost_source, events, errors, cost_n, "
     + ", ".join(store.SUMS)
-    + " FROM rollup_daily WHERE day >= ? AND ci <> ? ORDER BY day, kind, ci, run, dim, key, cost_source",
+    + " FROM rollup_daily WHERE dim = 'all' AND day >= ? AND ci <> ? ORDER BY day, kind, ci, run, cost_source",
+    # per dimension and key over the period
+    "dims": f"SELECT '', kind, 0, run, dim, key, cost_source, {_SUMMED} FROM rollup_daily "
+    "WHERE dim <> 'all' AND day >= ? AND ci <> ? GROUP BY kind, run, dim, key, cost_source "
+    "ORDER BY kind, run, dim, key, cost_source",
+    # per day and key, for the charts: agent runs by status and model (with cost), startups by version
+    "charted": "SELECT day, kind, 0, run, dim, key, '', SUM(events), SUM(errors), 0, SUM(cost_usd) "
+    "FROM rollup_daily WHERE ((run = 'agent' AND dim IN ('status', 'model')) OR (kind = 'startup' AND "
+    "dim = 'version')) AND day >= ? AND ci <> ? GROUP BY day, kind, run, dim, key ORDER BY day, kind, run, dim, key",
     "durations": "SELECT run, dim, key, bucket, SUM(n), MIN(lo), MAX(hi) FROM rollup_durations "
     "WHERE day >= ? AND ci <> ? GROUP BY run, dim, key, bucket",
     # every device figure, device-free: a few rows per day whatever the number of devices
@@ -197,14 +206,21 @@ def build(
     db_store = store.open_store(db, create=False)
     try:
         with db_store.snapshot() as query:
-            got = {
-                "daily": query(QUERIES["daily"], window),
-                "durations": query(QUERIES["durations"], window),
-                "reach": query(QUERIES["reach"], [1 if exclude_ci else 0]),
-            }
+            params = {"reach": [1 if exclude_ci else 0]}
+            got = {name: _read(query, sql, params.get(name, window)) for name, sql in QUERIES.items()}
     finally:
         db_store.close()
     return _figures(got, days, exclude_ci, since, now)
+
+
+def _read(query: Any, sql: str, params: list[Any]) -> list[tuple]:
+    """A query's rows; sums beyond SQLite's 64-bit integers as floats (its SUM refuses them)."""
+    try:
+        return query(sql, params)
+    except store.StoreError as exc:
+        if "integer overflow" not in str(exc):
+            raise
+        return query(sql.replace("SUM(", "TOTAL("), params)
 
 
 def _figures(got: dict[str, list[tuple]], days: int | None, exclude_ci: bool, since: str, now: datetime) -> dict:
@@ -214,28 +230,22 @@ def _figures(got: dict[str, list[tuple]], days: int | None, exclude_ci: bool, si
     by_ci: dict[str, dict[str, int]] = {}
     dims: dict[tuple[str, str, str], dict[str, _Sums]] = {}  # (kind, run, dim) -> key -> sums
     day_dims: dict[tuple[str, str], dict[tuple[str, str], _Sums]] = {}  # (run, dim) -> (day, key) -> sums
-    charted = {("agent", "status"), ("agent", "model"), ("", "version")}
-    for day, kind, ci, run, dim, key, source, events, errors, cost_n, *sums in got["daily"]:
-        if dim == "all":
-            kinds[kind] = kinds.get(kind, 0) + events
-            figures = per_day.setdefault(
-                day, {"startups": 0, "tasks": 0, "agent_runs": 0, "tracked_cells": 0, "cost": 0}
-            )
-            figures[kind + "s"] = figures.get(kind + "s", 0) + events
-            if run in RUNS:
-                figures[RUNS[run]] += events
-                by_run[run].add(source, events, errors, cost_n, sums)
-            figures["cost"] += sums[0]
-            if kind == "task":
-                totals.add(source, events, errors, cost_n, sums)
-            split = by_ci.setdefault(_CI_KEYS[ci], {"startups": 0, "tasks": 0})
-            split[kind + "s"] = split.get(kind + "s", 0) + events
-            continue
+    for day, kind, ci, run, _, _, source, events, errors, cost_n, *sums in got["all"]:
+        kinds[kind] = kinds.get(kind, 0) + events
+        figures = per_day.setdefault(day, {"startups": 0, "tasks": 0, "agent_runs": 0, "tracked_cells": 0, "cost": 0})
+        figures[kind + "s"] = figures.get(kind + "s", 0) + events
+        if run in RUNS:
+            figures[RUNS[run]] += events
+            by_run[run].add(source, events, errors, cost_n, sums)
+        figures["cost"] += sums[0]
+        if kind == "task":
+            totals.add(source, events, errors, cost_n, sums)
+        split = by_ci.setdefault(_CI_KEYS[ci], {"startups": 0, "tasks": 0})
+        split[kind + "s"] = split.get(kind + "s", 0) + events
+    for _, kind, _, run, dim, key, source, events, errors, cost_n, *sums in got["dims"]:
         dims.setdefault((kind, run, dim), {}).setdefault(key, _Sums()).add(source, events, errors, cost_n, sums)
-        if (run, dim) in charted:
-            day_dims.setdefault((run, dim), {}).setdefault((day, key), _Sums()).add(
-                source, events, errors, cost_n, sums
-            )
+    for day, _, _, run, dim, key, _, events, errors, _, cost in got["charted"]:
+        day_dims.setdefault((run, dim), {}).setdefault((day, key), _Sums()).add("", events, errors, 0, [cost])
 
     def counted(kind: str, dim: str, runs: Iterable[str] = ("agent", "cell")) -> dict[str, int]:
         pairs = []

@@ -40,7 +40,7 @@ def strict_json(text: str):
 
 def base_report(**overrides):
     """A report's every section (as an empty database gives it), with `overrides`."""
-    r = report._figures({"daily": [], "durations": [], "reach": []}, None, False, "", datetime(2026, 11, 20))
+    r = report._figures({name: [] for name in report.QUERIES}, None, False, "", datetime(2026, 11, 20))
     r.update(overrides)
     return r
 
