@@ -43,6 +43,9 @@ QUERIES = {
     "dim = 'version')) AND day >= ? AND ci <> ? GROUP BY day, kind, run, dim, key ORDER BY day, kind, run, dim, key",
     "durations": "SELECT run, dim, key, bucket, SUM(n), MIN(lo), MAX(hi) FROM rollup_durations "
     "WHERE day >= ? AND ci <> ? GROUP BY run, dim, key, bucket",
+    # the same over every day (no --days): the histograms kept without their day
+    "durations_total": "SELECT run, dim, key, bucket, SUM(n), MIN(lo), MAX(hi) FROM rollup_durations_total "
+    "WHERE ci <> ? GROUP BY run, dim, key, bucket",
     # every device figure, device-free: a few rows per day whatever the number of devices
     "reach": "SELECT figure, key, day, n FROM rollup_reach WHERE scope = ? AND n <> 0",
 }
@@ -206,8 +209,14 @@ def build(
     db_store = store.open_store(db, create=False)
     try:
         with db_store.snapshot() as query:
-            params = {"reach": [1 if exclude_ci else 0]}
-            got = {name: _read(query, sql, params.get(name, window)) for name, sql in QUERIES.items()}
+            params = {"reach": [1 if exclude_ci else 0], "durations_total": window[1:]}
+            durations = "durations" if since else "durations_total"
+            got = {
+                name: _read(query, sql, params.get(name, window))
+                for name, sql in QUERIES.items()
+                if name not in ("durations", "durations_total") or name == durations
+            }
+            got["durations"] = got.pop(durations)
     finally:
         db_store.close()
     return _figures(got, days, exclude_ci, since, now)

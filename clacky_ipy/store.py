@@ -19,7 +19,8 @@ figure is read from (so a report costs the same at ten thousand or ten million e
   weekly and monthly active devices, new devices, cohorts and adoption without counting devices;
 - ``rollup_durations``: per run, status (and model, provider), day and CI flag a log-bucket
   histogram of ``duration_ms`` (each bucket's count, smallest and largest value): mergeable
-  across days, so percentiles over any window are within `ALPHA` of the true value.
+  across days, so percentiles over any window are within `ALPHA` of the true value;
+  ``rollup_durations_total`` the same over all days (what a report of everything reads).
 
 `rebuild` recomputes every rollup from the raw events: repair, and the migration of a
 database written by an earlier version (which has raw events only).
@@ -113,6 +114,10 @@ ROLLUP_TABLES: dict[str, str] = {
     "rollup_durations": "run TEXT NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, bucket BIGINT NOT NULL, "
     "day TEXT NOT NULL, ci INTEGER NOT NULL, n BIGINT NOT NULL, lo DOUBLE PRECISION NOT NULL, "
     "hi DOUBLE PRECISION NOT NULL, PRIMARY KEY (run, dim, key, bucket, day, ci)",
+    # The same histograms over every day: a report of everything reads a day's worth of rows.
+    "rollup_durations_total": "run TEXT NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, bucket BIGINT NOT NULL, "
+    "ci INTEGER NOT NULL, n BIGINT NOT NULL, lo DOUBLE PRECISION NOT NULL, "
+    "hi DOUBLE PRECISION NOT NULL, PRIMARY KEY (run, dim, key, bucket, ci)",
 }
 _KEYS = {
     "rollup_daily": ("day", "kind", "ci", "run", "dim", "key", "cost_source"),
@@ -120,6 +125,7 @@ _KEYS = {
     "rollup_devices": ("device_id", "scope"),
     "rollup_reach": ("scope", "figure", "key", "day"),
     "rollup_durations": ("run", "dim", "key", "bucket", "day", "ci"),
+    "rollup_durations_total": ("run", "dim", "key", "bucket", "ci"),
 }
 
 
@@ -140,11 +146,10 @@ _MERGE = {
     "rollup_devices": [_least("rollup_devices", "first_seen"), _least("rollup_devices", "last_seen", False)]
     + [f"{c} = excluded.{c}" for c in ("startup_at", *reach.ADOPTION)],
     "rollup_reach": [_add("rollup_reach", "n")],
-    "rollup_durations": [
-        _add("rollup_durations", "n"),
-        _least("rollup_durations", "lo"),
-        _least("rollup_durations", "hi", False),
-    ],
+    **{
+        table: [_add(table, "n"), _least(table, "lo"), _least(table, "hi", False)]
+        for table in ("rollup_durations", "rollup_durations_total")
+    },
 }
 _COLUMNS = {
     "rollup_daily": (*_KEYS["rollup_daily"], "events", "errors", "cost_n", *SUMS),
@@ -152,6 +157,7 @@ _COLUMNS = {
     "rollup_devices": (*_KEYS["rollup_devices"], "first_seen", "last_seen", "startup_at", *reach.ADOPTION),
     "rollup_reach": (*_KEYS["rollup_reach"], "n"),
     "rollup_durations": (*_KEYS["rollup_durations"], "n", "lo", "hi"),
+    "rollup_durations_total": (*_KEYS["rollup_durations_total"], "n", "lo", "hi"),
 }
 UPSERT = {
     table: f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
@@ -288,7 +294,7 @@ class Store:
         (one read transaction: SQLite's ``BEGIN``, PostgreSQL's ``REPEATABLE READ``)."""
         with self._lock, self.engine.snapshot() as read:
             if not self.engine.decimals:  # SQLite's values are int, float and str already
-                yield read
+                yield lambda sql, params=(): read(sql, params)
                 return
             yield lambda sql, params=(): [tuple(number(v) for v in row) for row in read(sql, params)]
 
@@ -376,7 +382,19 @@ def _rollups(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> tuple[dict[str,
                     durations[key] = [1, duration, duration]
                 else:
                     got[0], got[1], got[2] = got[0] + 1, min(got[1], duration), max(got[2], duration)
-    tables = {"rollup_daily": daily, "rollup_device_days": device_days, "rollup_durations": durations}
+    total: dict[tuple, list[Any]] = {}
+    for (run, dim, key, index, _, ci), (n, lo, hi) in durations.items():
+        got = total.get((run, dim, key, index, ci))
+        if got is None:
+            total[(run, dim, key, index, ci)] = [n, lo, hi]
+        else:
+            got[0], got[1], got[2] = got[0] + n, min(got[1], lo), max(got[2], hi)
+    tables = {
+        "rollup_daily": daily,
+        "rollup_device_days": device_days,
+        "rollup_durations": durations,
+        "rollup_durations_total": total,
+    }
     return tables, devices
 
 
@@ -778,6 +796,14 @@ class _Engine:
                         f"INSERT INTO {prefix}rollup_durations (run, dim, key, bucket, day, ci, n, lo, hi) "
                         f"SELECT run, '{dim}', {dim}, bucket, day, ci, SUM(n), MIN(lo), MAX(hi) "
                         f"FROM rebuild_durations WHERE run = '{run}' GROUP BY run, {dim}, bucket, day, ci",
+                        [],
+                    )
+                )
+                out.append(
+                    (
+                        f"INSERT INTO {prefix}rollup_durations_total (run, dim, key, bucket, ci, n, lo, hi) "
+                        f"SELECT run, '{dim}', {dim}, bucket, ci, SUM(n), MIN(lo), MAX(hi) "
+                        f"FROM rebuild_durations WHERE run = '{run}' GROUP BY run, {dim}, bucket, ci",
                         [],
                     )
                 )
