@@ -22,13 +22,16 @@ from . import reach, safe
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
 #: Series per chart at most; the rest is summed as "other".
 TOP = 6
+#: The longest label drawn (a longer received name is cut, with an ellipsis; the tables show it whole).
+LABEL = 32
 #: The last cohorts the heat map shows.
 COHORTS_SHOWN = 12
 
 
 def _label(text: Any) -> str:
     """Received text as a matplotlib label: escaped, with no mathtext ($) and never hidden (_)."""
-    text = safe.printable(str(text)).replace("$", r"\$")
+    text = safe.printable(str(text))
+    text = (text[: LABEL - 1] + "\u2026" if len(text) > LABEL else text).replace("$", r"\$")
     return "\u200b" + text if text.startswith("_") else text
 
 
@@ -39,7 +42,12 @@ def _day(text: str) -> datetime:
 def _thousands(ax: Any, axis: str = "y", money: bool = False) -> None:
     from matplotlib.ticker import FuncFormatter
 
-    fmt = FuncFormatter(lambda v, _: (f"${v:,.2f}" if abs(v) < 10 else f"${v:,.0f}") if money else f"{v:,.0f}")
+    def text(v: float, _: Any) -> str:
+        if money:
+            return f"${v:,.2f}" if abs(v) < 10 else f"${v:,.0f}"
+        return f"{v:,.0f}" if abs(v) >= 100 or v == int(v) else f"{v:,.2g}"
+
+    fmt = FuncFormatter(text)
     (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(fmt)
 
 
@@ -72,16 +80,48 @@ def _top(series: dict[str, dict[str, float]]) -> list[tuple[str, dict[str, float
     return out
 
 
-def _stacked(ax: Any, days: list[str], series: list[tuple[str, dict[str, float]]]) -> None:
+#: Past this many days a daily series is drawn per week, past `MONTHS_FROM` per month: a chart
+#: about 700 pixels wide then shows each period as a few pixels, never a day as a fraction of one.
+WEEKS_FROM = 180
+MONTHS_FROM = 3 * 365
+
+
+def binned(days: list[str], series: list[tuple[str, dict[str, float]]]) -> tuple[str, list[str], list]:
+    """The series summed per day, week (its Monday) or month (its first day), by the span."""
+    span = (_day(days[-1]) - _day(days[0])).days + 1 if days else 0
+    if span <= WEEKS_FROM:
+        return "day", days, series
+
+    def period(day: str) -> str:
+        if span > MONTHS_FROM:
+            return day[:8] + "01"
+        return reach.iso(reach.monday(_day(day).toordinal()))
+
+    periods = sorted({period(d) for d in days})
+    out = []
+    for name, values in series:
+        summed: dict[str, float] = {}
+        for day, v in values.items():
+            summed[period(day)] = summed.get(period(day), 0) + v
+        out.append((name, summed))
+    return ("week" if span <= MONTHS_FROM else "month"), periods, out
+
+
+def _stacked(ax: Any, days: list[str], series: list[tuple[str, dict[str, float]]], per: str | None = None) -> str:
+    """Stacked areas of `series` over `days` (binned to weeks or months on long spans): the period drawn."""
+    if per is None:
+        per, days, series = binned(days, series)
     x = [_day(d) for d in days]
     ys = [[values.get(d, 0) for d in days] for _, values in series]
     colours = [OKABE_ITO[i % (len(OKABE_ITO) - 1)] if name != "other" else OKABE_ITO[-1]
                for i, (name, _) in enumerate(series)]  # fmt: skip
-    ax.stackplot(x, ys, labels=[_label(name) for name, _ in series], colors=colours, step="mid", linewidth=0)
+    ax.stackplot(x, ys, labels=[_label(name) for name, _ in series], colors=colours, step="post", linewidth=0)
     ax.legend(loc="upper left", fontsize="small", ncol=min(3, len(series)), frameon=False)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(1, max(map(sum, zip(*ys)), default=0)) * 1.25)  # room for the legend
     ax.margins(x=0)
     _dates(ax)
+    ax.set_xlabel(f"{per} (UTC)" if per != "week" else "week (UTC, from Monday)")
+    return per
 
 
 def devices(ax: Any, report: dict) -> None:
@@ -115,9 +155,9 @@ def runs(ax: Any, report: dict) -> None:
     for row in daily:
         for status, n in row["agent_runs_by_status"].items():
             series.setdefault(status, {})[row["day"]] = n
-    _stacked(ax, [r["day"] for r in daily], _top(series))
-    ax.set_title(title)
-    ax.set_ylabel("agent runs per day")
+    per = _stacked(ax, [r["day"] for r in daily], _top(series))
+    ax.set_title(title if per == "day" else title.replace("per day", f"per {per}"))
+    ax.set_ylabel(f"agent runs per {per}")
     _thousands(ax)
     return None
 
@@ -130,9 +170,9 @@ def cost(ax: Any, report: dict) -> None:
             series.setdefault(row["model"], {})[row["day"]] = row["cost_usd"]
     if not series:
         return _empty(ax, title)
-    _stacked(ax, [r["day"] for r in report["daily"]], _top(series))
-    ax.set_title(title)
-    ax.set_ylabel("USD per day")
+    per = _stacked(ax, [r["day"] for r in report["daily"]], _top(series))
+    ax.set_title(title if per == "day" else title.replace("per day", f"per {per}"))
+    ax.set_ylabel(f"USD per {per}")
     _thousands(ax, money=True)
     return None
 
@@ -168,11 +208,11 @@ def versions(ax: Any, report: dict) -> None:
         return _empty(ax, title)
     weeks = sorted(totals)
     share = {v: {w: 100 * n / totals[w] for w, n in got.items()} for v, got in weekly.items()}
-    _stacked(ax, weeks, _top(share))
-    ax.set_ylim(0, 100)
+    _stacked(ax, weeks, _top(share), per="week")
+    ax.set_ylim(0, 125)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title(title)
     ax.set_ylabel("% of startups")
-    ax.set_xlabel("week (UTC, Monday)")
     return None
 
 
