@@ -268,13 +268,10 @@ class Store:
         engine = self.engine
 
         def work(tx: _Tx) -> None:
-            for sql, params in inserts:
-                tx.run(sql, params)
             # Device state first (its locks before any rollup row's), then every table in one order.
             keyed = {**tables, **_device_changes(tx, devices)}
-            for table, params in engine.bindable({t: keyed[t] for t in ROLLUP_TABLES if t in keyed}):
-                if params:
-                    tx.run(UPSERT[table], params)
+            upserts = engine.bindable({t: keyed[t] for t in ROLLUP_TABLES if t in keyed})
+            tx.run_all([*inserts, *((UPSERT[table], params) for table, params in upserts if params)])
 
         with self._lock:
             engine.write(work, f"could not store {len(rows)} events")
@@ -554,6 +551,11 @@ class _Tx:
             self.execute(sql, params[0])
         else:
             self.executemany(sql, params)
+
+    def run_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Statements whose results nothing reads: `run` each (PostgreSQL sends them at once)."""
+        for sql, params in statements:
+            self.run(sql, params)
 
     def bare(self, sql: str) -> None:
         self.execute(sql, ())
@@ -1016,6 +1018,10 @@ class _PostgresTx(_Tx):
             cursor.itersize = 20_000
             cursor.execute(self.engine._sql(sql))
             yield from cursor
+
+    def run_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        with self.engine.db.pipeline():  # one round trip for all of them, not one each
+            super().run_all(statements)
 
     def lock_devices(self, devices: list[str]) -> None:
         keys = sorted({_lock_key(device) for device in devices})

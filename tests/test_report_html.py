@@ -21,8 +21,8 @@ HOSTILE = "<script>alert(1)</script>"
 IMG = '<img src=x onerror="document.title=1">'
 TITLES = {
     "devices": "Active devices",
-    "runs": "Agent runs per day",
-    "cost": "Cost per day by model",
+    "runs": "Agent runs per",
+    "cost": "Cost per",
     "durations": "Agent run duration by model",
     "versions": "Version adoption",
     "retention": "Weekly retention",
