@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import date
 from functools import lru_cache
-from typing import Any
+from typing import Any, Optional
 
 #: Trailing windows, in days, of the active-device counts (daily, weekly, monthly).
 WINDOWS = (1, 7, 30)
@@ -83,8 +83,11 @@ def monday(ordinal: int) -> int:
     return ordinal - (ordinal - 1) % 7
 
 
-def contribution(days: Iterable[str], latest: Latest | None) -> Counter:
-    """One device's share of every figure in one scope: {(figure, key, day): count}."""
+def contribution(days: Iterable[str], latest: Latest | None, first: str | None = None) -> Counter:
+    """One device's share of every figure in one scope: {(figure, key, day): count}.
+
+    `first` is the device's first day when known apart from `days` (kept in ``rollup_devices``):
+    its cohort and its day as a new device stay when its oldest days are pruned."""
     out: Counter = Counter()
     ordinals = sorted({o for o in map(_ordinal, days) if o is not None})
     if ordinals:
@@ -101,11 +104,12 @@ def contribution(days: Iterable[str], latest: Latest | None) -> Counter:
                     start, end = day, day + window
             out["active", key, iso(start)] += 1
             out["active", key, iso(end)] -= 1
-        first = ordinals[0]
-        out["first", "", iso(first)] += 1
+        given = _ordinal(first) if first else None
+        start = min(ordinals[0], given) if given is not None else ordinals[0]
+        out["first", "", iso(start)] += 1
         out["last", "", iso(ordinals[-1])] += 1
-        cohort = monday(first)
-        weeks = {monday(day) for day in ordinals if day < cohort + 7 * (COHORT_WEEKS + 1)}
+        cohort = monday(start)
+        weeks = {cohort} | {monday(day) for day in ordinals if day < cohort + 7 * (COHORT_WEEKS + 1)}
         for k in range(COHORT_WEEKS + 1):
             if cohort + 7 * k in weeks:
                 out["cohort", str(k), iso(cohort)] += 1
@@ -117,23 +121,23 @@ def contribution(days: Iterable[str], latest: Latest | None) -> Counter:
     return out
 
 
-def device_counts(days: Days, latest: Mapping[int, Latest | None]) -> Counter:
+def device_counts(days: Days, latest: Mapping[int, Latest | None], first: Mapping[int, str] | None = None) -> Counter:
     """A device's share in every scope: {(scope, figure, key, day): count}."""
     out: Counter = Counter()
     for scope in SCOPES:
         mask = 1 << scope
-        for (figure, key, day), n in contribution([d for d, m in days.items() if m & mask], latest.get(scope)).items():
+        mine = [d for d, m in days.items() if m & mask]
+        for (figure, key, day), n in contribution(mine, latest.get(scope), (first or {}).get(scope)).items():
             out[scope, figure, key, day] += n
     return out
 
 
-def change(
-    old_days: Days,
-    old_latest: Mapping[int, Latest | None],
-    new_days: Days,
-    new_latest: Mapping[int, Latest | None],
-) -> Counter:
+#: A device as the device figures see it: its days, latest startup and first day per scope.
+State = tuple[Days, Mapping[int, Optional[Latest]], Mapping[int, str]]
+
+
+def change(old: State, new: State) -> Counter:
     """What a device's change adds to each count (nonzero entries only)."""
-    out = device_counts(new_days, new_latest)
-    out.subtract(device_counts(old_days, old_latest))
+    out = device_counts(*new)
+    out.subtract(device_counts(*old))
     return Counter({key: n for key, n in out.items() if n})

@@ -418,14 +418,18 @@ def _device_changes(tx: _Tx, batch: _Devices) -> dict[str, dict[tuple, list[Any]
     tx.lock_devices(devices)
     adoption = ", ".join(reach.ADOPTION)
     stored: dict[tuple[str, int], reach.Latest | None] = {}
+    firsts: dict[tuple[str, int], str] = {}
     known: dict[tuple[str, str], int] = {}
     days = sorted({day for got in batch.days.values() for day in got})
     for chunk in _chunks(devices):
         marks = ", ".join("?" * len(chunk))
-        for device, scope, startup_at, *values in tx.read(
-            f"SELECT device_id, scope, startup_at, {adoption} FROM rollup_devices WHERE device_id IN ({marks})", chunk
+        for device, scope, first, startup_at, *values in tx.read(
+            f"SELECT device_id, scope, first_seen, startup_at, {adoption} FROM rollup_devices "
+            f"WHERE device_id IN ({marks})",
+            chunk,
         ):
             stored[(device, scope)] = (startup_at, tuple(values)) if startup_at else None
+            firsts[(device, scope)] = first[:10]
         for day_chunk in _chunks(days):
             for device, day, events, ci_events in tx.read(
                 "SELECT device_id, day, startups + tasks, ci_startups + ci_tasks FROM rollup_device_days "
@@ -460,12 +464,24 @@ def _device_changes(tx: _Tx, batch: _Devices) -> dict[str, dict[tuple, list[Any]
             new_days[day] = new_days.get(day, 0) | mask
         old_latest = {scope: stored.get((device, scope)) for scope in reach.SCOPES}
         new_latest = {scope: latest[(device, scope)] for scope in reach.SCOPES}
-        counts.update(reach.change(old_days, old_latest, new_days, new_latest))
+        old_first = {s: firsts[(device, s)] for s in reach.SCOPES if (device, s) in firsts}
+        new_first = dict(old_first)
+        for scope in reach.SCOPES:
+            seen = batch.seen.get((device, scope))
+            if seen is not None:
+                new_first[scope] = min(new_first.get(scope, seen[0][:10]), seen[0][:10])
+        counts.update(reach.change((old_days, old_latest, old_first), (new_days, new_latest, new_first)))
     rows = {}
     for (device, scope), (first, last) in batch.seen.items():
         startup_at, values = latest[(device, scope)] or ("", ("",) * len(reach.ADOPTION))
         rows[(device, scope)] = [first, last, startup_at, *values]
     return {"rollup_reach": {key: [n] for key, n in counts.items() if n}, "rollup_devices": rows}
+
+
+def _shares(device: str, days: dict[str, int], latest: dict, seen: dict[tuple[str, int], list[str]]) -> Counter:
+    """A device's share from what a rebuild read (`_rebuild_devices`)."""
+    first = {s: seen[(device, s)][0][:10] for s in reach.SCOPES if (device, s) in seen}
+    return reach.device_counts(days, {s: latest.get((device, s)) for s in reach.SCOPES}, first)
 
 
 def _rebuild_devices(tx: _Tx) -> None:
@@ -505,11 +521,11 @@ def _rebuild_devices(tx: _Tx) -> None:
     ):
         if got != device:
             if device is not None:
-                counts.update(reach.device_counts(days, {s: latest.get((device, s)) for s in reach.SCOPES}))
+                counts.update(_shares(device, days, latest, seen))
             device, days = got, {}
         days[day] = _mask(events, ci_events)
     if device is not None:
-        counts.update(reach.device_counts(days, {s: latest.get((device, s)) for s in reach.SCOPES}))
+        counts.update(_shares(device, days, latest, seen))
     reach_rows = [[*key, n] for key, n in sorted(counts.items()) if n]
     if reach_rows:
         tx.run(UPSERT["rollup_reach"], reach_rows)
@@ -520,6 +536,7 @@ def device_shares(read: Callable[[str, Sequence[Any]], list[tuple]], devices: Se
     stored days and latest startups, negated): what forgetting them leaves, as if never seen."""
     days: dict[str, dict[str, int]] = {device: {} for device in devices}
     latest: dict[str, dict[int, reach.Latest | None]] = {device: {} for device in devices}
+    firsts: dict[str, dict[int, str]] = {device: {} for device in devices}
     adoption = ", ".join(reach.ADOPTION)
     for chunk in _chunks(sorted(days)):
         marks = ", ".join("?" * len(chunk))
@@ -529,13 +546,16 @@ def device_shares(read: Callable[[str, Sequence[Any]], list[tuple]], devices: Se
             chunk,
         ):
             days[device][day] = _mask(events, ci_events)
-        for device, scope, startup_at, *values in read(
-            f"SELECT device_id, scope, startup_at, {adoption} FROM rollup_devices WHERE device_id IN ({marks})", chunk
+        for device, scope, first, startup_at, *values in read(
+            f"SELECT device_id, scope, first_seen, startup_at, {adoption} FROM rollup_devices "
+            f"WHERE device_id IN ({marks})",
+            chunk,
         ):
             latest[device][scope] = (startup_at, tuple(values)) if startup_at else None
+            firsts[device][scope] = first[:10]
     counts: Counter = Counter()
     for device in days:
-        counts.subtract(reach.device_counts(days[device], latest[device]))
+        counts.subtract(reach.device_counts(days[device], latest[device], firsts[device]))
     return [[*key, n] for key, n in sorted(counts.items()) if n]
 
 

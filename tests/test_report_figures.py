@@ -272,3 +272,18 @@ def test_taking_devices_shares_out_leaves_the_figures_of_a_database_without_them
     want = store.query("SELECT scope, figure, key, day, n FROM rollup_reach WHERE n <> 0 ORDER BY 1, 2, 3, 4")
     store.close()
     assert sorted(got) == sorted(want)
+
+
+def test_device_figures_stay_exact_when_days_older_than_a_month_are_pruned(db_target):
+    """A device's rows for days 31 or more before its next event may go (retention): its cohort
+    and first day come from ``rollup_devices``, its windows need the last 30 days only."""
+    rng = random.Random(4)
+    events = sorted(random_events(rng, n=400, devices=5, days=100), key=lambda e: e[0])
+    cut, resume = (START + timedelta(days=40)).isoformat(), (START + timedelta(days=70)).isoformat()
+    ingest(db_target, [e for e in events if e[0][:10] < resume])
+    store = open_store(db_target)
+    store.engine.transaction([("DELETE FROM rollup_device_days WHERE day < ?", [[cut]])])
+    store.close()
+    ingest(db_target, [e for e in events if e[0][:10] >= resume])
+    for exclude_ci in (False, True):
+        assert_matches(report.build(db_target, exclude_ci=exclude_ci, now=NOW), brute(events, "", exclude_ci))
