@@ -24,7 +24,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from . import collector
+    from . import collector, collector_log
     from .store import StoreError
 
     # Until the server takes SIGTERM over (and after it gives it back), it stops us as Ctrl-C does.
@@ -53,7 +53,7 @@ def _collect(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    collector.configure_logging(args.verbose)
+    log = collector_log.configure(args.verbose)  # from here on nothing waits for a stream's reader
     print(f"clacky-ipy collector on {server.url}, storing in {server.store.path} (Ctrl-C to stop)", flush=True)
     try:
         server.serve()  # SIGINT and SIGTERM: stop accepting, answer what was read, commit, close
@@ -61,7 +61,7 @@ def _collect(args: argparse.Namespace) -> int:
         pass
     finally:
         server.stop()
-    print("collector stopped", flush=True)
+        log.close("collector stopped")
     return 0
 
 
