@@ -266,13 +266,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Ctrl-C's exit code, as a shell reports a command stopped by SIGINT.
+INTERRUPTED = 130
+#: What is true of the database when Ctrl-C stops a command that opens one, unless the store says
+#: otherwise (``KeyboardInterrupt("the rollups were rebuilt")``): each change is one transaction,
+#: rolled back when interrupted before its commit.
+UNCHANGED = "the database is unchanged"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.command is None:  # `clacky-ipy` alone: what it can do
         p.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line saying what is true, never a traceback
+        what = str(exc) or (UNCHANGED if getattr(args, "db", None) else "")
+        print(f"clacky-ipy {args.command}: interrupted{'; ' + what if what else ''}", file=sys.stderr, flush=True)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

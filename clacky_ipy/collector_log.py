@@ -149,7 +149,7 @@ class CollectorLog:
             "store",
             safe.printable(error),
             "the database is unavailable, answering 503 until it is back: {detail}",
-            "the database is still unavailable: {count:,} requests refused in the last {seconds:.0f} s ({detail})",
+            "the database is still unavailable: {count:,} requests refused in the last {seconds:.1f} s ({detail})",
             lasting=True,
         )
 
@@ -163,7 +163,7 @@ class CollectorLog:
             "internal",
             safe.printable(error),
             "internal error: {detail}",
-            "internal error: {count:,} more in the last {seconds:.0f} s (the latest: {detail})",
+            "internal error: {count:,} more in the last {seconds:.1f} s (the latest: {detail})",
         )
 
     def request(self, method: str, path: str, status: int) -> None:
@@ -195,7 +195,7 @@ class _Enqueue(logging.handlers.QueueHandler):
             detail = record.getMessage()
         except Exception:  # a library's bad format string: shown as its template
             detail = str(record.msg)
-        again = "{detail} (and {count:,} more like it in the last {seconds:.0f} s)"
+        again = "{detail} (and {count:,} more like it in the last {seconds:.1f} s)"
         return self.bursts.count((record.name, record.levelno, record.msg), detail, again, level=record.levelno)
 
     def enqueue(self, record: logging.LogRecord) -> None:

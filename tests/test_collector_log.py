@@ -194,3 +194,27 @@ def test_a_flood_of_bad_requests_writes_nothing_at_the_default_level(tmp_path):
         code, out, err = collect.stop()
     assert code == 0
     assert err == "" and out.splitlines() == ["collector stopped"]
+
+
+def test_a_repeated_message_from_any_library_is_one_line_then_a_count(tmp_path):
+    """The same summariser for every record the process logs (uvicorn's, asyncio's, a driver's):
+    5,000 identical errors from each of two loggers, with uvicorn's warnings hidden: four lines."""
+    script = (
+        "import logging\n"
+        "from clacky_ipy import collector_log\n"
+        "log = collector_log.configure(verbose=False)\n"
+        "for i in range(5000):\n"
+        "    logging.getLogger('uvicorn.error').error('Exception in ASGI application %d', i)\n"
+        "    logging.getLogger('psycopg').warning('error ignored in rollback on %s', 'conn')\n"
+        "    logging.getLogger('uvicorn.error').warning('Invalid HTTP request received.')\n"
+        "log.close('done')\n"
+    )
+    proc = subprocess.run([PYTHON, "-c", script], env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
+    lines = [re.sub(r"in the last [\d.]+ s", "in the last T s", line) for line in proc.stderr.splitlines()]
+    assert lines == [
+        "clacky-ipy collect: Exception in ASGI application 0",
+        "clacky-ipy collect: error ignored in rollback on conn",
+        "clacky-ipy collect: Exception in ASGI application 4999 (and 4,999 more like it in the last T s)",
+        "clacky-ipy collect: error ignored in rollback on conn (and 4,999 more like it in the last T s)",
+    ]
