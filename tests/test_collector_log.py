@@ -218,3 +218,26 @@ def test_a_repeated_message_from_any_library_is_one_line_then_a_count(tmp_path):
         "clacky-ipy collect: Exception in ASGI application 4999 (and 4,999 more like it in the last T s)",
         "clacky-ipy collect: error ignored in rollback on conn (and 4,999 more like it in the last T s)",
     ]
+
+
+def test_it_stops_at_once_though_nobody_ever_reads_its_output(tmp_path):
+    """SIGTERM with stdout and stderr full and never read: exit 0 within a few seconds, every
+    acknowledged event stored (the log's thread may still be stuck in a write: it is not waited on)."""
+    db = tmp_path / "events.db"
+    collect = Collect(str(db), "--verbose", pipe_size=4096)
+    with requests.Session() as session:
+        acked = sum(
+            session.post(collect.url + TASK, json={"device_id": f"t{i}"}, timeout=DEADLINE).status_code == 201
+            for i in range(300)
+        )
+    collect.proc.terminate()
+    try:
+        code = collect.proc.wait(timeout=10)
+    finally:
+        collect.proc.kill()
+    assert (code, acked) == (0, 300)
+    store = open_store(str(db), create=False)
+    try:
+        assert store.count() == 300
+    finally:
+        store.close()
