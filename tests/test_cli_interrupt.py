@@ -161,6 +161,8 @@ def test_ctrl_c_is_one_line_and_130_for_every_command_that_opens_a_database(lock
     before = snapshot(url)
     for table in ("meta", "events", *ROLLUP_TABLES):
         lock(table)
+    if command not in ARGUMENTS:
+        pytest.fail(f"a new database command, {command}: add what it needs besides --db to ARGUMENTS")
     proc = start(command, "--db", url, *ARGUMENTS[command])
     try:
         wait_for(waiting, "waited on the database")
