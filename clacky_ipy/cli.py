@@ -251,11 +251,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE.png",
         help="also draw daily active devices and tasks per day into a .png, .svg or .pdf file (.png if no suffix)",
     )
-    r.set_defaults(func=_report)
+    r.set_defaults(func=_report, interrupted=UNCHANGED)
 
     b = sub.add_parser("rebuild", help="recompute the report's rollups from the raw events (repair, upgrade)")
     b.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
-    b.set_defaults(func=_rebuild)
+    b.set_defaults(func=_rebuild, interrupted=UNCHANGED)
 
     d = sub.add_parser("demo", help="collector + quickstart notebook in a real kernel + report, offline")
     d.add_argument(
@@ -268,9 +268,9 @@ def parser() -> argparse.ArgumentParser:
 
 #: Ctrl-C's exit code, as a shell reports a command stopped by SIGINT.
 INTERRUPTED = 130
-#: What is true of the database when Ctrl-C stops a command that opens one, unless the store says
-#: otherwise (``KeyboardInterrupt("the rollups were rebuilt")``): each change is one transaction,
-#: rolled back when interrupted before its commit.
+#: What is true when Ctrl-C stops a command whose change is one transaction (rolled back unless it
+#: committed): its ``interrupted`` default. The store may say more (``KeyboardInterrupt("the
+#: rollups were rebuilt")``, after the commit); a command with neither says "interrupted" only.
 UNCHANGED = "the database is unchanged"
 
 
@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt as exc:  # Ctrl-C: one line saying what is true, never a traceback
-        what = str(exc) or (UNCHANGED if getattr(args, "db", None) else "")
+        what = str(exc) or getattr(args, "interrupted", "")
         print(f"clacky-ipy {args.command}: interrupted{'; ' + what if what else ''}", file=sys.stderr, flush=True)
         return INTERRUPTED
 
