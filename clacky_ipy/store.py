@@ -28,6 +28,7 @@ database written by an earlier version (which has raw events only).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -199,6 +200,19 @@ def number(value: Any) -> Any:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+#: What is true when Ctrl-C stops a rebuild after its commit (the statistics' refresh, the count).
+REBUILT = "the rollups were rebuilt"
+
+
+def _after_commit(what: str, then: Any) -> Any:
+    """`then()`, run once a change is committed: a Ctrl-C there says what is already true
+    (``KeyboardInterrupt(what)``); before the commit, a Ctrl-C rolls the transaction back."""
+    try:
+        return then()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(what) from None
 
 
 def is_url(db: str | os.PathLike) -> bool:
@@ -843,6 +857,10 @@ class _Engine:
 
     def rebuild(self) -> int:
         self.transaction(self.rebuild_work, lock=True)
+        return _after_commit(REBUILT, self.after_rebuild)
+
+    def after_rebuild(self) -> int:
+        """The planner's statistics refreshed; the number of raw events."""
         self.analyze()
         return self.read("SELECT COUNT(*) FROM events", ())[0][0]
 
@@ -900,14 +918,34 @@ class _SQLite(_Engine):
             raise StoreError(f"{path}: an empty file, not a clacky-ipy database")
 
     def error(self, doing: str, exc: BaseException) -> StoreError:
+        if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":  # see `_interruptible`
+            return KeyboardInterrupt()  # type: ignore[return-value]
         if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
             return StoreError(f"{self.name}: not a usable SQLite database ({_one_line(exc)})")
         return super().error(doing, exc)
 
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """On the main thread, Ctrl-C stops a long statement (a rebuild's, a report's) at once
+        rather than when SQLite finishes it: the progress handler is Python code, so the signal's
+        handler runs in it, and its KeyboardInterrupt aborts the statement ("interrupted", which
+        `error` turns back into a KeyboardInterrupt). Never on the collector's writer thread,
+        where signals are not handled and each call would take the GIL."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        assert self.db is not None
+        self.db.set_progress_handler(_signals_in, 10_000)
+        try:
+            yield
+        finally:
+            self.db.set_progress_handler(None, 0)
+
     def read(self, sql: str, params: Sequence[Any]) -> list[tuple]:
         assert self.db is not None
         try:
-            return self.db.execute(sql, list(params)).fetchall()
+            with self._interruptible():
+                return self.db.execute(sql, list(params)).fetchall()
         except sqlite3.Error as exc:
             raise self.error("could not read", exc) from None
 
@@ -929,7 +967,8 @@ class _SQLite(_Engine):
         assert db is not None
         db.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock between readers turned writers
         try:
-            _run_work(_SQLiteTx(self), work)  # one writer at a time holds the file: no device lock needed
+            with self._interruptible():
+                _run_work(_SQLiteTx(self), work)  # one writer at a time holds the file: no device lock needed
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # some errors (a full disk) have rolled it back already
@@ -981,12 +1020,20 @@ class _SQLite(_Engine):
         return out
 
     def analyze(self) -> None:
-        self.db.execute("ANALYZE")
+        try:
+            with self._interruptible():
+                self.db.execute("ANALYZE")
+        except sqlite3.Error as exc:
+            raise self.error("could not analyze", exc) from None
 
     def close(self) -> None:
         if self.db is not None:
             self.db.close()
             self.db = None
+
+
+def _signals_in() -> None:
+    """SQLite's progress handler: calling Python lets a pending signal's handler run."""
 
 
 def _sql_bucket(value: Any) -> int | None:
@@ -1163,8 +1210,7 @@ class _Postgres(_Engine):
 
         try:
             self.transaction(work, lock=True)
-            self.analyze()
-            return self.read("SELECT COUNT(*) FROM events", ())[0][0]
+            return _after_commit(REBUILT, self.after_rebuild)
         except self.psycopg.Error as exc:
             raise self.error("could not rebuild the rollups", exc) from None
 
