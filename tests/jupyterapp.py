@@ -56,7 +56,14 @@ def chromium_path() -> str:
 class JupyterApp:
     """``jupyter lab`` or ``jupyter notebook`` on a free loopback port, stopped by `stop()`."""
 
-    def __init__(self, tmp: Path, app: str = "lab", env: dict[str, str] | None = None, serverext: bool = True):
+    def __init__(
+        self,
+        tmp: Path,
+        app: str = "lab",
+        env: dict[str, str] | None = None,
+        serverext: bool = True,
+        labextension: bool = True,
+    ):
         self.tmp = tmp
         self.app = app
         self.token = "clacky-test-token-" + os.urandom(8).hex()
@@ -74,8 +81,13 @@ class JupyterApp:
             off = {"ServerApp": {"jpserver_extensions": {"clacky_ipy": False}}}
             (tmp / "config" / "jupyter_server_config.json").write_text(json.dumps(off))
         target = tmp / "data" / "labextensions" / "clacky-ipy"
-        shutil.copytree(BUILD, target, dirs_exist_ok=True)
-        shutil.copy(ROOT / "labextension" / "install.json", target / "install.json")
+        if labextension:
+            shutil.copytree(BUILD, target, dirs_exist_ok=True)
+            shutil.copy(ROOT / "labextension" / "install.json", target / "install.json")
+        else:  # where the wheel put it too (an installed clacky-ipy): disabled
+            (tmp / "config" / "labconfig").mkdir(parents=True, exist_ok=True)
+            disabled = {"disabledExtensions": {"clacky-ipy": True}}
+            (tmp / "config" / "labconfig" / "page_config.json").write_text(json.dumps(disabled))
         self.env = {k: v for k, v in os.environ.items() if k not in SWITCHES and not k.startswith("JUPYTER")}
         self.env.update(ISOLATION)
         self.env.update(
@@ -102,6 +114,7 @@ class JupyterApp:
             "--no-browser", "--ip=127.0.0.1", f"--port={self.port}", "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
             "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--allow-root",
+            "--LabApp.expose_app_in_browser=True",
         ]  # fmt: skip
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
