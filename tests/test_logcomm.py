@@ -8,9 +8,9 @@ import pytest
 from conftest import subprocess_env
 
 pytest.importorskip("ipykernel", reason="needs ipykernel")
-from jupyter_client.manager import start_new_kernel  # noqa: E402
+from jupyter_client.manager import start_new_kernel
 
-from clacky_ipy.logcomm import TARGET  # noqa: E402
+from clacky_ipy.logcomm import TARGET
 
 
 def open_comm(client, data):
