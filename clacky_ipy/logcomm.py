@@ -18,10 +18,6 @@ TARGET = "clacky_telemetry_log"
 DEFAULT_COUNT = 20
 
 
-def _manager(shell: Any) -> Any:
-    return getattr(getattr(shell, "kernel", None), "comm_manager", None)
-
-
 def _opened(comm: Any, msg: Any) -> None:
     """Send the last events once, then close: the dialog asks again when it opens again."""
     try:
@@ -37,20 +33,20 @@ def _opened(comm: Any, msg: Any) -> None:
             pass
 
 
-def register(shell: Any) -> None:
-    """Answer the dialog from this kernel (no-op outside an ipykernel)."""
-    manager = _manager(shell)
+def _targets(shell: Any, method: str) -> None:
+    """``comm_manager.register_target`` / ``unregister_target`` for this target, where a kernel has one."""
+    manager = getattr(getattr(shell, "kernel", None), "comm_manager", None)
     try:
         if manager is not None:
-            manager.register_target(TARGET, _opened)
+            getattr(manager, method)(TARGET, _opened)
     except Exception:
         pass
+
+
+def register(shell: Any) -> None:
+    """Answer the dialog from this kernel (no-op outside an ipykernel)."""
+    _targets(shell, "register_target")
 
 
 def unregister(shell: Any) -> None:
-    manager = _manager(shell)
-    try:
-        if manager is not None:
-            manager.unregister_target(TARGET, _opened)
-    except Exception:
-        pass
+    _targets(shell, "unregister_target")

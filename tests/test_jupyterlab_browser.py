@@ -4,6 +4,7 @@ collector behind them. Screenshots go to each test's temporary directory."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import time
@@ -121,7 +122,8 @@ def test_jupyterlab_item_notice_switch_and_a_kernel_that_then_sends_nothing(lab,
     page.page.locator(ITEM).click()
     dialog = page.page.locator(".jp-Dialog")
     dialog.wait_for()
-    assert notice.NOTICE.splitlines()[0] in (dialog.locator(".clacky-telemetry-notice").text_content() or "")
+    shown = dialog.locator(".clacky-telemetry-notice").text_content() or ""
+    assert shown.split() == notice.NOTICE.split()  # the notice's own words, reflowed for the dialog
     assert (dialog.locator("a.clacky-telemetry-docs").get_attribute("href") or "").endswith("#what-is-sent")
     switch = dialog.locator("#clacky-telemetry-switch")
     assert switch.is_checked() and switch.is_enabled()
@@ -138,6 +140,53 @@ def test_jupyterlab_item_notice_switch_and_a_kernel_that_then_sends_nothing(lab,
     run_in_new_kernel(app, "%load_ext clacky_ipy\n" + SEND.format(model="after"))
     assert received(collector, tmp_path) == before
     page.shot("lab-off")
+    assert page.console_errors() == []
+
+
+def test_the_dialog_shows_the_notebooks_kernel_events_and_the_palette_switches(lab, pages, collector, tmp_path):
+    app = lab()
+    app.clacky_home.mkdir(parents=True, exist_ok=True)
+    notice.mark_seen(app.clacky_home)  # seen before: this kernel's events leave
+    cell = "%load_ext clacky_ipy\nimport clacky_ipy\nclacky_ipy.task(model='from-the-notebook')\nclacky_ipy.flush(5)"
+    notebook = {
+        "cells": [{"cell_type": "code", "metadata": {}, "source": cell, "outputs": [], "execution_count": None}],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (app.root / "agent.ipynb").write_text(json.dumps(notebook))
+    page = pages(app, "lab/tree/agent.ipynb")
+    item_text(page, "Telemetry: on")
+    page.page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+    page.page.wait_for_function(
+        "() => document.querySelector('.jp-Notebook')?.closest('.jp-NotebookPanel')"
+        "?.querySelector('.jp-Toolbar-kernelStatus, .jp-Notebook-ExecutionIndicator') !== null",
+        timeout=30_000,
+    )
+    page.page.keyboard.press("Shift+Enter")
+    page.page.locator(".jp-InputArea-prompt", has_text="[1]").first.wait_for(timeout=60_000)
+    deadline = time.monotonic() + 20
+    while ("task", "from-the-notebook") not in received(collector, tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert ("task", "from-the-notebook") in received(collector, tmp_path)
+
+    page.page.locator(ITEM).click()
+    dialog = page.page.locator(".jp-Dialog")
+    events = dialog.locator(".clacky-telemetry-events-list li")
+    events.last.wait_for(timeout=15_000)
+    assert "task" in (events.last.text_content() or "") and "sent 201" in (events.last.text_content() or "")
+    assert '"model":"from-the-notebook"' in (events.last.locator("code").text_content() or "")
+    page.shot("lab-dialog-last-events")
+    dialog.get_by_role("button", name="Close").click()
+
+    # the command palette: "Turn clacky telemetry off"
+    page.page.keyboard.press("Control+Shift+C")
+    search = page.page.locator(".lm-CommandPalette-input")
+    search.wait_for()
+    search.fill("Turn clacky telemetry off")
+    page.page.locator(".lm-CommandPalette-item", has_text="Turn clacky telemetry off").first.click()
+    item_text(page, "Telemetry: off")
+    assert (app.clacky_home / OFF_FILE).exists()
     assert page.console_errors() == []
 
 

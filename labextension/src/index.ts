@@ -73,6 +73,13 @@ export function label(status: IStatus): string {
   return short ? `Telemetry: off (${short})` : 'Telemetry: off';
 }
 
+/** The notice's text for a proportional font: its hard-wrapped lines joined where a line continues
+ * the sentence before (it starts with a lower-case letter or a parenthesis); "Details:" and
+ * "Opt out:" stay lines of their own. */
+export function reflow(text: string): string {
+  return text.replace(/\n(?=[a-z(])/g, ' ');
+}
+
 /** The shared state: the last status read, and a signal when it changes. */
 class Model {
   status: IStatus | null = null;
@@ -171,7 +178,7 @@ class Panel extends Widget {
   private readonly toggle = document.createElement('input');
   private readonly problem = element('p', 'clacky-telemetry-problem');
   private readonly device = element('p', 'clacky-telemetry-device');
-  private readonly notice = element('pre', 'clacky-telemetry-notice');
+  private readonly notice = element('div', 'clacky-telemetry-notice');
   private readonly docs = element('a', 'clacky-telemetry-docs', 'What is sent, in the README');
   private readonly events = element('div', 'clacky-telemetry-events');
   private readonly scope = element('p', 'clacky-telemetry-scope');
@@ -194,7 +201,7 @@ class Panel extends Widget {
       this.state,
       switchRow,
       this.problem,
-      element('h3', '', 'What is sent'),
+      element('h3', '', 'What is sent (the first-run notice)'),
       this.notice,
       this.docs,
       element('h3', '', 'Device id'),
@@ -230,7 +237,7 @@ class Panel extends Widget {
     if (!status.switchable) {
       this.problem.textContent = `The ${status.decided_by} keeps it off; no switch here can change that.`;
     }
-    this.notice.textContent = status.notice;
+    this.notice.textContent = reflow(status.notice);
     this.docs.href = status.docs_url;
     this.device.textContent = status.device_id
       ? `${status.device_id}: ${status.device_id_source}`
