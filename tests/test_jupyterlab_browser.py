@@ -16,7 +16,7 @@ from jupyterapp import JupyterApp, Page, browser, run_in_new_kernel  # noqa: F40
 from clacky_ipy import notice
 from clacky_ipy.config import OFF_FILE
 
-pytest.importorskip("jupyterlab", reason="the browser tests need JupyterLab")
+pytest.importorskip("jupyterlab", reason="the browser tests need JupyterLab 4 (Python 3.10+ in the test extra)")
 
 ITEM = "#clacky-telemetry-status"
 TOAST = ".Toastify__toast"

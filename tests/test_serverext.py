@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-pytest.importorskip("jupyter_server", reason="the server extension's tests need jupyter_server")
+pytest.importorskip("jupyter_server", reason="the server extension's tests need jupyter_server (Python 3.10+)")
 pytest.importorskip("pytest_jupyter", reason="the server extension's tests need pytest-jupyter")
 
 from conftest import PYTHON
