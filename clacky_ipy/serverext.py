@@ -90,7 +90,11 @@ class _Handler(APIHandler):
     auth_resource = "clacky-telemetry"
 
     async def _run(self, work: Any, *args: Any) -> None:
-        code, body = await asyncio.get_running_loop().run_in_executor(None, work, *args)
+        try:
+            code, body = await asyncio.get_running_loop().run_in_executor(None, work, *args)
+        except Exception as exc:  # one line in the server's log, an answer the UI can show
+            self.log.warning("clacky_ipy: %s: %s", type(exc).__name__, exc)
+            code, body = 500, {"message": f"clacky_ipy could not answer: {type(exc).__name__}"}
         self.set_status(code)
         self.finish(json.dumps(body))
 

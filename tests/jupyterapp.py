@@ -19,7 +19,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from conftest import ISOLATION, SWITCHES, free_port
@@ -150,35 +152,40 @@ class JupyterApp:
                 self.proc.wait(10)
 
 
-def run_in_new_kernel(app: JupyterApp, code: str, timeout: float = 60) -> list[str]:
-    """Start a kernel through the server's REST API (as opening a notebook does), run `code` in it
-    through its connection file, and return its stream output; the kernel is shut down after."""
+@contextmanager
+def kernel(app: JupyterApp, timeout: float = 60) -> Iterator[Callable[[str], list[str]]]:
+    """A kernel started through the server's REST API (as opening a notebook does), and a function
+    running code in it through its connection file (returning its stream output); shut down after."""
     from jupyter_client import BlockingKernelClient
 
-    kernel = app.api("api/kernels", {"name": "python3"})
-    assert isinstance(kernel, dict)
-    connection = Path(app.env["JUPYTER_RUNTIME_DIR"]) / f"kernel-{kernel['id']}.json"
+    started = app.api("api/kernels", {"name": "python3"})
+    assert isinstance(started, dict)
+    connection = Path(app.env["JUPYTER_RUNTIME_DIR"]) / f"kernel-{started['id']}.json"
     deadline = time.monotonic() + 30
     while not connection.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     client = BlockingKernelClient()
     client.load_connection_file(str(connection))
     client.start_channels()
-    try:
-        # not wait_for_ready(): on a loaded machine its heartbeat check calls a starting kernel dead
-        msg_id = client.kernel_info()
-        while client.get_shell_msg(timeout=timeout)["parent_header"].get("msg_id") != msg_id:
-            pass
+
+    def run(code: str) -> list[str]:
         out: list[str] = []
         reply = client.execute_interactive(
             code, timeout=timeout, output_hook=lambda msg: out.append(msg["content"].get("text", ""))
         )
         assert reply["content"]["status"] == "ok", reply["content"]
         return out
+
+    try:
+        # not wait_for_ready(): on a loaded machine its heartbeat check calls a starting kernel dead
+        msg_id = client.kernel_info()
+        while client.get_shell_msg(timeout=timeout)["parent_header"].get("msg_id") != msg_id:
+            pass
+        yield run
     finally:
         client.stop_channels()
         request = urllib.request.Request(
-            f"{app.url}/api/kernels/{kernel['id']}", headers={"Authorization": f"token {app.token}"}, method="DELETE"
+            f"{app.url}/api/kernels/{started['id']}", headers={"Authorization": f"token {app.token}"}, method="DELETE"
         )
         urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=20).close()
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import PYTHON, subprocess_env
-from jupyterapp import JupyterApp, Page, browser, run_in_new_kernel  # noqa: F401  (browser: a fixture)
+from jupyterapp import JupyterApp, Page, browser, kernel  # noqa: F401  (browser: a fixture)
 
 from clacky_ipy import notice
 from clacky_ipy.config import OFF_FILE
@@ -108,17 +108,29 @@ def test_jupyterlab_item_notice_switch_and_a_kernel_that_then_sends_nothing(lab,
         time.sleep(0.1)
     assert notice.seen(app.clacky_home)
 
-    # a kernel of this lab sends (the notice was answered in the UI)
-    run_in_new_kernel(app, "%load_ext clacky_ipy\n" + SEND.format(model="before"))
-    assert ("task", "before") in received(collector, tmp_path)
-
     # shown once: not again after a reload
     page.page.reload(wait_until="domcontentloaded")
     item_text(page, "Telemetry: on")
     page.page.wait_for_timeout(1500)
     assert page.page.locator(TOAST, has_text=NOTICE_TEXT).count() == 0
 
-    # two clicks: the item, then the switch
+    # a kernel of this lab sends (the notice was answered in the UI), and keeps running
+    with kernel(app) as run:
+        run("%load_ext clacky_ipy\n" + SEND.format(model="before"))
+        assert ("task", "before") in received(collector, tmp_path)
+        switch_off_in_the_browser(page, app)
+        # that running kernel sends nothing afterwards, nor does a new one
+        before = received(collector, tmp_path)
+        run(SEND.format(model="after"))
+        with kernel(app) as fresh:
+            fresh("%load_ext clacky_ipy\n" + SEND.format(model="new kernel"))
+        assert received(collector, tmp_path) == before
+    page.shot("lab-off")
+    assert page.console_errors() == []
+
+
+def switch_off_in_the_browser(page: Page, app: JupyterApp) -> None:
+    """Two clicks: the item, then the dialog's switch; the saved choice the shell command reads."""
     page.page.locator(ITEM).click()
     dialog = page.page.locator(".jp-Dialog")
     dialog.wait_for()
@@ -134,13 +146,6 @@ def test_jupyterlab_item_notice_switch_and_a_kernel_that_then_sends_nothing(lab,
     assert (app.clacky_home / OFF_FILE).exists()
     assert "Telemetry:    off (the saved choice" in shell_status(app)
     dialog.get_by_role("button", name="Close").click()
-
-    # a kernel of that lab sends nothing afterwards
-    before = received(collector, tmp_path)
-    run_in_new_kernel(app, "%load_ext clacky_ipy\n" + SEND.format(model="after"))
-    assert received(collector, tmp_path) == before
-    page.shot("lab-off")
-    assert page.console_errors() == []
 
 
 def test_the_dialog_shows_the_notebooks_kernel_events_and_the_palette_switches(lab, pages, collector, tmp_path):
