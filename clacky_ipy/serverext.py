@@ -25,6 +25,7 @@ from jupyter_server.utils import url_path_join
 from . import notice
 from .client import __version__
 from .config import DOCS_URL, mask_credentials
+from .safe import printable
 from .status import FORCED, SESSION_CONFIG_NOTE, machine_status, save_choice, status_text
 
 #: The URL prefix of the handlers, under the server's base_url.
@@ -51,7 +52,8 @@ def status_json(wait: float = DEVICE_ID_WAIT) -> dict[str, Any]:
         "saved_off": state["saved_off"],
         "endpoint": mask_credentials(state["endpoint"]),
         "fallback_endpoints": [mask_credentials(url) for url in state["fallback_endpoints"]],
-        "device_id": state["device_id"],
+        # as status prints it: control and bidi characters of a hostile brand.yml escaped
+        "device_id": None if state["device_id"] is None else printable(state["device_id"]),
         "device_id_source": state["device_id_source"],
         "notice_seen": not state["notice_pending"],
         "notice": notice.NOTICE,

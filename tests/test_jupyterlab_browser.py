@@ -237,6 +237,25 @@ def test_a_policy_file_reads_off_policy_and_disables_the_switch(lab, pages, tmp_
     assert page.console_errors() == []
 
 
+def test_a_hostile_brand_yml_is_shown_as_text(lab, pages, tmp_path):
+    """The device id the gem stored is shown as the text it is: markup in it is never HTML."""
+    home = tmp_path / "hostile-home"
+    home.mkdir()
+    hostile = '<img src=x onerror="window.__clacky_pwned=1">\u202e\x1b[31m'
+    (home / "brand.yml").write_text(f"device_id: {json.dumps(hostile)}\n", encoding="utf-8")
+    app = lab(env={"CLACKY_HOME": str(home)})
+    page = pages(app)
+    item_text(page, "Telemetry: on")
+    page.page.locator(ITEM).click()
+    device = page.page.locator(".jp-Dialog .clacky-telemetry-device")
+    device.wait_for()
+    shown = device.text_content() or ""
+    assert "<img src=x" in shown and "\\u202e\\x1b[31m" in shown  # escaped, as status prints it
+    assert device.locator("img").count() == 0
+    assert page.page.evaluate("() => window.__clacky_pwned") is None
+    assert page.console_errors() == []
+
+
 def test_without_the_server_extension_nothing_shows_and_nothing_fails(lab, pages):
     app = lab(serverext=False)
     page = pages(app)
