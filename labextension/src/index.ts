@@ -383,8 +383,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
       app.commands.notifyCommandChanged(TOGGLE);
     });
 
-    // Not awaited: activate must return before the application is restored.
-    void model.refresh().then(() => notify(model, open));
+    // After the application is restored, and not awaited (awaiting it in activate deadlocks the
+    // start-up): the page's own requests come first, the item appears a moment later.
+    void app.restored.then(() => model.refresh()).then(() => notify(model, open));
     window.setInterval(() => void model.refresh(), REFRESH_MS);
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible') {
