@@ -79,6 +79,15 @@ def item_text(page: Page, expected: str, timeout: float = 30_000) -> str:
     return locator.text_content() or ""
 
 
+def open_dialog(page: Page, item: str) -> object:
+    """The item reads `item`; a click on it opens the dialog (returned as a locator)."""
+    item_text(page, item)
+    page.page.locator(ITEM).click()
+    dialog = page.page.locator(".jp-Dialog")
+    dialog.wait_for()
+    return dialog
+
+
 def shell_status(app: JupyterApp) -> str:
     proc = subprocess.run(
         [PYTHON, "-m", "clacky_ipy", "telemetry", "status"],
@@ -223,11 +232,7 @@ def test_a_policy_file_reads_off_policy_and_disables_the_switch(lab, pages, tmp_
     policy.mkdir()
     (policy / "telemetry-off").write_text("")
     app = lab(env={"CLACKY_POLICY_DIRS": str(policy)})
-    page = pages(app)
-    item_text(page, "Telemetry: off (policy)")
-    page.page.locator(ITEM).click()
-    dialog = page.page.locator(".jp-Dialog")
-    dialog.wait_for()
+    dialog = open_dialog(page := pages(app), "Telemetry: off (policy)")
     switch = dialog.locator("#clacky-telemetry-switch")
     assert not switch.is_checked() and switch.is_disabled()
     assert "policy file" in (dialog.text_content() or "")
@@ -244,11 +249,7 @@ def test_a_hostile_brand_yml_is_shown_as_text(lab, pages, tmp_path):
     hostile = '<img src=x onerror="window.__clacky_pwned=1">\u202e\x1b[31m'
     (home / "brand.yml").write_text(f"device_id: {json.dumps(hostile)}\n", encoding="utf-8")
     app = lab(env={"CLACKY_HOME": str(home)})
-    page = pages(app)
-    item_text(page, "Telemetry: on")
-    page.page.locator(ITEM).click()
-    device = page.page.locator(".jp-Dialog .clacky-telemetry-device")
-    device.wait_for()
+    device = open_dialog(page := pages(app), "Telemetry: on").locator(".clacky-telemetry-device")
     shown = device.text_content() or ""
     assert "<img src=x" in shown and "\\u202e\\x1b[31m" in shown  # escaped, as status prints it
     assert device.locator("img").count() == 0
