@@ -56,6 +56,7 @@ SIZES = {
     "store_devices": (5_000, 50),
     "lab_rounds": (20, 3),  # JupyterLab page loads per config
     "status_calls": (200, 20),
+    "reach_devices": (1_000_000, 2_000),  # distinct devices, two events each, through the store's API
 }
 TARGETS = {
     "cell_ratio": 1.03,
@@ -1359,7 +1360,52 @@ class Bench:
                 f"<= {TARGETS['store_report_s']:.0f} s",
                 took <= TARGETS["store_report_s"],
             )
+        page = self.work / "report.html"
+        took, _ = timed_command("report", "--db", db, "--html", str(page), "--format", "json")
+        got["html"] = {"command_s": took, "bytes": page.stat().st_size}
+        self.row(
+            f"report --html at {n:,} events, {engine}: every figure and chart, one page",
+            f"{took:.2f} s whole command (median of 3), page {page.stat().st_size / 1024:,.0f} KiB",
+            "report it",
+            None,
+        )
         self.results["store_postgres" if engine == "PostgreSQL" else "store_sqlite"]["report_s"] = got
+
+    # ---------------------------------------------------------------------------------------
+    def devices(self) -> None:
+        """The report at a million distinct devices (two events each, written through the store's
+        own API as a collector does), SQLite and PostgreSQL: device figures cost no device count."""
+        n = self.size("reach_devices")
+        sys.path.insert(0, str(ROOT / "tests"))  # pgcluster.py: a throwaway PostgreSQL
+        db = self.work / "devices.db"
+        seconds = fill_devices(str(db), n)
+        self.row(f"ingest of {2 * n:,} events from {n:,} devices, SQLite (add_batch of 512)",
+                 f"{seconds:.0f} s ({2 * n / seconds:,.0f} events/s)", "report it", None)  # fmt: skip
+        self._device_report("SQLite", str(db), n)
+        from pgcluster import Cluster, server_binaries
+
+        bindir = server_binaries()
+        if bindir is None:
+            print("  (no PostgreSQL server binaries: the PostgreSQL rows are skipped)")
+            return
+        with Cluster(bindir, durable=True, settings=["shared_buffers=512MB", "max_wal_size=8GB"]) as cluster:
+            url = cluster.url()
+            seconds = fill_devices(url, n)
+            self.row(f"ingest of {2 * n:,} events from {n:,} devices, PostgreSQL (add_batch of 512)",
+                     f"{seconds:.0f} s ({2 * n / seconds:,.0f} events/s)", "report it", None)  # fmt: skip
+            self._device_report("PostgreSQL", url, n)
+
+    def _device_report(self, engine: str, db: str, n: int) -> None:
+        for name, flags in REPORTS.items():
+            took, out = timed_command("report", "--db", db, "--format", "json", *flags)
+            got = json.loads(out)
+            self.results.setdefault("devices", {})[f"{engine} {name}"] = {"command_s": took, "devices": n}
+            self.row(
+                f"report at {n:,} distinct devices ({2 * n:,} events), {engine}: {name}",
+                f"{took:.2f} s whole command (median of 3); {got['active_devices']:,} active devices",
+                f"<= {TARGETS['store_report_s']:.0f} s",
+                took <= TARGETS["store_report_s"],
+            )
 
 
 # -- the store: reports from rollups at ten million events, rebuild, PostgreSQL ---------------
@@ -1451,6 +1497,29 @@ def cached_old_sqlite(work: Path, quick: bool, n: int, devices: int, days: int) 
     return path
 
 
+def fill_devices(db: str, n: int) -> float:
+    """`n` distinct devices, each a startup and a task on one of 90 days, through `Store.add_batch`."""
+    from clacky_ipy.store import open_store
+
+    rng = random.Random(5)
+    store = open_store(db)
+    t0 = time.perf_counter()
+    batch: list[tuple[str, str, dict[str, Any]]] = []
+    today = datetime.now(timezone.utc).toordinal()
+    for i in range(n):
+        day = datetime.fromordinal(today - rng.randrange(90)).strftime("%Y-%m-%d")
+        device = {"device_id": f"{i:064x}", "ci": rng.random() < 0.1}
+        batch.append((f"{day}T08:00:00.000000Z", "startup", {**device, "version": f"0.{i % 7}", "os": "linux"}))
+        batch.append((f"{day}T09:00:00.000000Z", "task", {**device, "trigger": "magic", "model": MODELS[i % 4],
+                      "status": "success", "duration_ms": rng.randrange(1, 10_000)}))  # fmt: skip
+        if len(batch) >= 512:
+            store.add_batch(batch)
+            batch = []
+    store.add_batch(batch)
+    store.close()
+    return time.perf_counter() - t0
+
+
 def timed_command(*args: str, repeat: int = 3) -> tuple[float, str]:
     """Median wall time of `python -m clacky_ipy ARGS` (a fresh process each time), and its stdout."""
     timings, out = [], ""
@@ -1528,7 +1597,7 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], quick: bool) -> s
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("cells", "load", "endpoints", "drain", "latency", "burst", "collector", "report", "jupyterlab")
+SECTIONS = ("cells", "load", "endpoints", "drain", "latency", "burst", "collector", "report", "devices", "jupyterlab")
 #: Parts of a section that can also run alone (`--only ingest`).
 PARTS = ("ingest", "idle")
 

@@ -124,7 +124,7 @@ def test_demo_command_runs_offline_and_exits_0(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "Events received (7)" in out  # 1 startup, 6 tasks (see EXPECTED)
-    assert "unique_devices" in out and "tasks_by_status" in out
+    assert "unique_devices" in out and "agent_runs" in out and "statuses" in out
     assert not (tmp_path / "home").exists()  # the demo never touches the user's Clacky home
     # what a newcomer wants to see: the notice, the status, a payload as received, the opt-out
     assert "  | clacky_ipy: usage telemetry for OpenClacky is on" in out
