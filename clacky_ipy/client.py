@@ -113,6 +113,9 @@ class Client:
         self._config_off: str | None = None  # why the configuration keeps telemetry off
         self._debug = False
         self._listeners: list[Callable[[], None]] = []  # told when telemetry may have turned on or off
+        #: ``launch_source`` of an unattended run (papermill, nbclient...): its events are flagged
+        self.runner: str | None = None
+        self._notice_printed = False  # printed where it does not count (CI, an unattended run)
 
     def reset(self) -> None:
         """Forget everything, as a new process would (for tests)."""
@@ -135,6 +138,8 @@ class Client:
         self.notice_pending, self._notice_displayed = True, False
         self.notice_display = None
         self._policy_off = None
+        self.runner = None
+        self._notice_printed = False
 
     # -- configuration -----------------------------------------------------------
     @property
@@ -291,15 +296,16 @@ class Client:
         return len(self._held)
 
     def notice_displayed(self, print_to_stderr: bool = False) -> None:
-        """The notice is now where a person sees it: remember that, and send what waited for it."""
+        """A person has seen the notice: remember that, and send what waited for it.
+
+        With `print_to_stderr` (the Python API without the extension) it is printed first,
+        and counts only when stderr reaches a person in an attended run (see `notice`).
+        """
         with self._held_lock:
             if self._notice_displayed:
                 return
-            if print_to_stderr:
-                try:
-                    print(notice.NOTICE, file=sys.stderr, flush=True)
-                except Exception:
-                    return  # not displayed: stays pending
+            if print_to_stderr and not self._print_notice():
+                return  # not seen: stays pending
             self.notice_pending = False
             self._notice_displayed = True
         notice.mark_seen()
@@ -315,6 +321,24 @@ class Client:
                 self._notify()
         else:
             self._release(send=True)
+
+    def _print_notice(self) -> bool:
+        """Print the notice on stderr; True when that counts as a person seeing it."""
+        kernel = getattr(_shell(), "kernel", None)
+        runner = notice.unattended_runner(kernel)
+        if runner:
+            self.runner = runner
+        if not notice.visible(sys.stderr):
+            return False  # printed nowhere: shown when stderr reaches someone
+        unattended = runner is not None or detect_ci()
+        if unattended and self._notice_printed:
+            return False
+        try:
+            print(notice.text(self.config), file=sys.stderr, flush=True)
+        except Exception:
+            return False
+        self._notice_printed = True
+        return not unattended  # in an unattended run's log, for whoever reads it: never consumed
 
     def _release(self, send: bool) -> None:
         """Hand the held events to the transport, or discard them (telemetry was turned off)."""
@@ -386,7 +410,9 @@ class Client:
         event = {**fields, **payload.task_metrics(result)} if fields else payload.task_metrics(result)
         event["trigger"] = trigger
         event["status"] = payload.status_of(error, event.get("status"))
-        if event["status"] == "error" and error is not None:
+        if event["status"] != "error":
+            event.pop("error_kind", None)  # a class name only beside status error, even one passed by hand
+        elif error is not None:
             event["error_kind"] = payload.error_kind(error)
         if isinstance(measured, tuple):
             measured = round((measured[1] - measured[0]) * 1000)
@@ -455,8 +481,13 @@ class Client:
             pass
 
     def build(self, event: str, fields: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The payload exactly as sent: shared context, then the event's fields, cleaned."""
-        return payload.clean(event, {**(context or self.context()), "frontend": self.frontend, **fields})
+        """The payload exactly as sent: the event's own fields, then the context, which only
+        the client fills (a caller's ``device_id=`` or ``frontend=`` never replaces it), cleaned."""
+        own = {key: value for key, value in fields.items() if key not in payload.CONTEXT_KEYS}
+        context = {**(context or self.context()), "frontend": self.frontend}
+        if self.runner:
+            context["launch_source"] = self.runner
+        return payload.clean(event, {**own, **context})
 
     def _plan(self, event: str, data: Any) -> Plan | None:
         """Called by the worker just before sending: the opt-out is checked again here,
@@ -566,6 +597,15 @@ class Client:
             "paused_seconds": round(paused, 1),
             "last_error": self.transport.last_error,
         }
+
+
+def _shell() -> Any:
+    """The running IPython shell, if any (never imports IPython)."""
+    ipython = sys.modules.get("IPython")
+    try:
+        return ipython.get_ipython() if ipython is not None else None
+    except Exception:
+        return None
 
 
 CLIENT = Client()

@@ -32,10 +32,10 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
+from . import notice
 from .client import CLIENT, INTERRUPTED, LOG_SIZE
 from .config import ClackyTelemetry, saved_choice_path
-from .identity import detect_frontend
-from .notice import NOTICE
+from .identity import detect_ci, detect_frontend
 from .status import status_text
 
 #: What ``%clacky_telemetry`` accepts, for the usage line and for completion.
@@ -101,6 +101,8 @@ class ClackyMagics(Magics):
         self._marked: list[tuple[Any, dict[str, str], float]] = []
         self._marked_hooked = False
         self._last_marked: Any = None  # the ExecutionInfo of the last %%clacky cell that sent its event
+        self._clear_watch: tuple[Any, Any] | None = None  # (display publisher, its wrapped clear_output)
+        self._cleared = False
 
         def transformer(lines: list[str]) -> list[str]:
             return self._transform(lines)
@@ -259,21 +261,85 @@ class ClackyMagics(Magics):
 
     # -- notice -------------------------------------------------------------------
     def show_notice(self) -> None:
-        """Print the first-run notice once per Clacky home, while telemetry is on."""
+        """Print the first-run notice once per Clacky home, while telemetry is on.
+
+        It counts as seen when it went to a stream a person reads (not a capture, not
+        /dev/null), in an attended run (not CI, not a kernel driven by nbclient or
+        papermill), and the cell that printed it ended without clearing its output.
+        """
         if CLIENT.off_reason():
             return  # stays pending: shown when telemetry is turned on
+        runner = self._learn_runner()
+        if not notice.visible(sys.stdout):
+            self._notice_pending = True  # captured or sent nowhere: the next cell shows it
+            self._arm_notice()
+            return
         self._notice_pending = False
-        print(NOTICE, flush=True)
-        # The events that waited leave when this cell ends, so that a cell that reads the
-        # notice and opts out (`%load_ext clacky_ipy` then `%clacky_telemetry off`) sends nothing.
-        self.shell.events.register("post_run_cell", self._notice_read)
+        print(notice.text(self.telemetry), flush=True)
+        if runner is None and not detect_ci():
+            # The events that waited leave when this cell ends, so that a cell that reads the notice
+            # and opts out (`%load_ext clacky_ipy` then `%clacky_telemetry off`) sends nothing.
+            self._watch_clear(True)
+            self.shell.events.register("post_run_cell", self._notice_read)
+        # else: in the run's output for whoever reads it later, but never consumed
         self.sync_hooks()  # the notice's own hook is done
 
     def _notice_read(self, result: Any = None) -> None:
-        """post_run_cell of the cell that showed the notice: once, then let the events go."""
+        """post_run_cell of the cell that showed the notice: once, then let the events go,
+        unless the cell cleared its output (then the next cell shows it again)."""
         try:
             self._hook(False, ("post_run_cell", self._notice_read))
+            if self._watch_clear(False):
+                self._notice_pending = True
+                self._arm_notice()
+                return
             CLIENT.notice_displayed()
+        except Exception:
+            pass
+
+    def _arm_notice(self) -> None:
+        if not self._notice_hooked:
+            self._hook(True, ("pre_run_cell", self._notice_hook))
+            self._notice_hooked = True
+
+    def _watch_clear(self, on: bool) -> bool:
+        """Note a ``clear_output()`` while the notice's cell runs (IPython's display publisher
+        carries it, in a kernel and a terminal); returns whether one happened."""
+        watch, self._clear_watch = self._clear_watch, None
+        if watch is not None:
+            publisher, wrapper = watch
+            if publisher.__dict__.get("clear_output") is wrapper:
+                del publisher.clear_output
+        if not on:
+            return self._cleared
+        self._cleared = False
+        publisher = self.shell.display_pub
+        original = publisher.clear_output
+
+        def clear_output(*args: Any, **kwargs: Any) -> Any:
+            self._cleared = True
+            return original(*args, **kwargs)
+
+        try:
+            publisher.clear_output = clear_output
+            self._clear_watch = (publisher, clear_output)
+        except Exception:
+            pass
+        return False
+
+    def _learn_runner(self) -> str | None:
+        """In a kernel, whether the request running now comes from an unattended runner; remembered,
+        so that the process's events carry it as ``launch_source``."""
+        runner = notice.unattended_runner(getattr(self.shell, "kernel", None))
+        if runner:
+            CLIENT.runner = runner
+        return CLIENT.runner
+
+    def _runner_hook(self, info: Any) -> None:
+        """pre_run_cell, once, in a kernel loaded at start-up: the first request tells who drives it."""
+        try:
+            self._hook(False, ("pre_run_cell", self._runner_hook))
+            self._learn_runner()
         except Exception:
             pass
 
@@ -520,6 +586,11 @@ def load(shell: Any) -> None:
         completer.custom_matchers.append(magics.matcher)
     # before attach: attaching may send a pending startup, which must wait for this notice
     CLIENT.notice_display = magics.show_notice  # the events wait for it, in a cell's output
+    if getattr(shell, "kernel", None) is not None:
+        if _running_cell(shell) is None:
+            shell.events.register("pre_run_cell", magics._runner_hook)
+        else:
+            magics._learn_runner()
     CLIENT.attach(telemetry, frontend=detect_frontend(shell))
     CLIENT.startup()
     magics._notice_pending = CLIENT.notice_pending
@@ -541,6 +612,8 @@ def unload(shell: Any) -> None:
     if CLIENT.notice_display == magics.show_notice:
         CLIENT.notice_display = None
     magics.sync_hooks(loaded=False)
+    magics._hook(False, ("pre_run_cell", magics._runner_hook), ("post_run_cell", magics._notice_read))
+    magics._watch_clear(False)
     magics._hook_marked(False)
     magics._pending.clear()
     magics._marked.clear()

@@ -30,6 +30,13 @@ os.environ.update(ISOLATION)
 Path(_HOME, "ipy-telemetry-notice-shown").write_text("shown\n")
 for _name in SWITCHES:
     os.environ.pop(_name, None)
+# A CI run never consumes the notice (it is unattended): the suite behaves the same inside CI,
+# and the tests of CI detection set these themselves.
+from clacky_ipy.identity import CI_VARS  # noqa: E402
+
+SWITCHES = (*SWITCHES, "CI", *CI_VARS)
+for _name in SWITCHES:
+    os.environ.pop(_name, None)
 
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 
