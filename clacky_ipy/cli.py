@@ -238,7 +238,7 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_collect)
 
     r = sub.add_parser("report", help="what the platform derives from a collector's database")
-    r.add_argument("--db", required=True, help="the collector's SQLite file")
+    r.add_argument("--db", required=True, help="the collector's database: an SQLite file or a postgresql:// URL")
     r.add_argument(
         "--days",
         type=_bounded(int, 1, MAX_DAYS, "a positive number of days"),

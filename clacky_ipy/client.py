@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -77,9 +78,18 @@ except Exception:  # os.environ replaced by another mapping
     _ENV_KEYS = ()
 
 
+#: A line of a cell that is only this extension's own business: ``%clacky_telemetry ...``, a comment, blank.
+_OWN_LINE = re.compile(r"\s*(?:%clacky_telemetry(?:\s.*)?|#.*)?")
+
+
 def is_extension_cell(raw_cell: Any) -> bool:
-    """The cell that (re)loads this extension is never tracked."""
-    return isinstance(raw_cell, str) and "load_ext" in raw_cell and "clacky_ipy" in raw_cell
+    """The cell that (re)loads this extension, or whose whole source is ``%clacky_telemetry``
+    lines (status, log, flush, on, off), is never tracked: it is no task of the user's."""
+    if not isinstance(raw_cell, str):
+        return False
+    if "load_ext" in raw_cell and "clacky_ipy" in raw_cell:
+        return True
+    return "%clacky_telemetry" in raw_cell and all(_OWN_LINE.fullmatch(line) for line in raw_cell.splitlines())
 
 
 class Client:
@@ -575,6 +585,8 @@ class Client:
             "off_reason": self.off_reason(),
             "saved_choice": None if path is None else str(path),
             "saved_off": self._user_off,
+            # saved off when this session read it, removed since (`clacky-ipy telemetry on`): it stays off
+            "saved_off_removed": self._user_off and path is not None and not _exists(path),
             "endpoint": config.endpoint,
             "fallback_endpoints": list(config.fallback_endpoints),
             # exactly what is sent (made valid UTF-8, capped), not brand.yml's text as it is
@@ -597,6 +609,13 @@ class Client:
             "paused_seconds": round(paused, 1),
             "last_error": self.transport.last_error,
         }
+
+
+def _exists(path: Any) -> bool:
+    try:
+        return os.path.exists(path)
+    except (OSError, ValueError):
+        return True  # cannot tell: as it was read
 
 
 def _shell() -> Any:

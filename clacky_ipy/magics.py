@@ -523,7 +523,7 @@ def log_text(n: int) -> str:
         return "No telemetry events in this process yet."
     lines = [f"Last {len(entries)} telemetry events of this process (kept in memory only, at most {LOG_SIZE}):"]
     for entry in entries:
-        when = datetime.fromtimestamp(entry["time"]).strftime("%H:%M:%S")
+        when = datetime.fromtimestamp(entry["time"]).astimezone().isoformat(timespec="seconds")  # local, with offset
         lines.append(f"{when}  POST {entry['path']}  {entry['outcome']}")
         lines.append(f"    {entry['payload'] if entry['payload'] is not None else '(payload never built)'}")
     return "\n".join(lines)

@@ -40,7 +40,15 @@ def status_text(status: Mapping[str, Any]) -> str:
     saved = status.get("saved_choice")
     lines = [f"Telemetry:    {state}"]
     if saved:
-        choice = f"off, saved in {saved}" if status.get("saved_off") else f"on (`off` would be saved in {saved})"
+        if status.get("saved_off_removed"):
+            choice = (
+                f"on for later sessions ({saved} was removed since this session read it), but this session "
+                "stays off: %clacky_telemetry on turns it on too"
+            )
+        elif status.get("saved_off"):
+            choice = f"off, saved in {saved}"
+        else:
+            choice = f"on (`off` would be saved in {saved})"
         lines.append(f"Saved choice: {choice}")
     lines.append(
         f"Endpoint:     {status['endpoint']}"

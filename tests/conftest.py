@@ -68,6 +68,16 @@ def home(monkeypatch, tmp_path) -> Path:
 
 
 @pytest.fixture
+def capsys(capfd):
+    """The output of in-process shells, read through the file descriptors (pytest's capfd).
+
+    The notice counts as seen only on a stream a person can see (a file descriptor, not an
+    in-memory buffer such as pytest's own capsys), as a real terminal's stdout is.
+    """
+    return capfd
+
+
+@pytest.fixture
 def env(monkeypatch, home):
     """Per-test environment switches, undone afterwards."""
     for name in SWITCHES:

@@ -30,16 +30,16 @@ def settle(receiver, seconds=0.5):
 
 
 # -- the notice gates everything, in a real InteractiveShell ---------------------------------------
-def test_loaded_at_startup_nothing_leaves_until_the_first_cell_shows_the_notice(ip, receiver, home, capfd):
+def test_loaded_at_startup_nothing_leaves_until_the_first_cell_shows_the_notice(ip, receiver, home, capsys):
     ip.config.ClackyTelemetry.endpoint = receiver.url
     ip.config.ClackyTelemetry.track_cells = True
     ip.extension_manager.load_extension("clacky_ipy")  # as --ext does: not in a cell
     clacky_ipy.task(model="before")  # the Python API waits too
     assert settle(receiver) == [] and not (home / NOTICE_FILE).exists()
     assert [e["outcome"] for e in clacky_ipy.recent()] == ["waiting for the notice"] * 2
-    assert capfd.readouterr().out == ""
+    assert capsys.readouterr().out == ""
     run(ip, "print('first')")
-    out = capfd.readouterr().out
+    out = capsys.readouterr().out
     assert out.index(NOTICE_MARK) < out.index("first")
     receiver.wait()
     assert [r.path.rsplit("/", 1)[-1] for r in receiver.requests] == ["startup", "task", "task"]
@@ -73,10 +73,10 @@ def test_the_loading_cell_prints_the_notice_before_anything_is_sent(ip, receiver
     assert len(receiver.events("startup")) == 1
 
 
-def test_a_cell_that_reads_the_notice_and_opts_out_sends_nothing(ip, receiver, home, capfd):
+def test_a_cell_that_reads_the_notice_and_opts_out_sends_nothing(ip, receiver, home, capsys):
     ip.config.ClackyTelemetry.endpoint = receiver.url
     run(ip, "%load_ext clacky_ipy\n%clacky_telemetry off")
-    assert NOTICE_MARK in capfd.readouterr().out
+    assert NOTICE_MARK in capsys.readouterr().out
     assert settle(receiver) == []
     assert [e["outcome"] for e in clacky_ipy.recent()] == ["dropped: opted out"]
     assert (home / OFF_FILE).exists() and (home / NOTICE_FILE).exists()
@@ -102,12 +102,12 @@ def test_waiting_events_are_bounded(ip, receiver, home):
     assert CLIENT.transport.dropped == 16
 
 
-def test_python_api_outside_ipython_prints_the_notice_to_stderr_once(fresh_client, env, receiver, home, capfd):
+def test_python_api_outside_ipython_prints_the_notice_to_stderr_once(fresh_client, env, receiver, home, capsys):
     env.setenv("CLACKY_LICENSE_SERVER", receiver.url)
     clacky_ipy.startup()
     clacky_ipy.task(model="m")
     receiver.wait()
-    err = capfd.readouterr().err
+    err = capsys.readouterr().err
     assert err.count(NOTICE_MARK) == 1 and err.strip() == notice.text(CLIENT.config)
     assert err.startswith(NOTICE) and f"Sent to: {receiver.url}" in err
     assert len(receiver.requests) == 2 and (home / NOTICE_FILE).exists()
@@ -296,7 +296,7 @@ def policy(env, tmp_path):
     return directory / "telemetry-off"
 
 
-def test_policy_file_turns_it_off_and_nothing_turns_it_back_on(ip, receiver, policy, capfd):
+def test_policy_file_turns_it_off_and_nothing_turns_it_back_on(ip, receiver, policy, capsys):
     policy.write_text("")
     load(ip, endpoint=receiver.url, track_cells=True)
     run(ip, "%config ClackyTelemetry.enabled = True")
@@ -304,9 +304,9 @@ def test_policy_file_turns_it_off_and_nothing_turns_it_back_on(ip, receiver, pol
     run(ip, "%%clacky\n1")
     clacky_ipy.task(model="m")
     assert settle(receiver) == []
-    capfd.readouterr()
+    capsys.readouterr()
     run(ip, "%clacky_telemetry status")
-    assert f"off (policy file {policy})" in capfd.readouterr().out
+    assert f"off (policy file {policy})" in capsys.readouterr().out
 
 
 def test_policy_file_added_mid_session_stops_sending(ip, receiver, policy, home):
@@ -336,7 +336,7 @@ def test_policy_file_in_a_kernels_environment(receiver, tmp_path):
 
 
 # -- what was sent ------------------------------------------------------------------------------
-def test_log_shows_the_payloads_the_server_received_byte_for_byte(ip, receiver, refused_url, capfd):
+def test_log_shows_the_payloads_the_server_received_byte_for_byte(ip, receiver, refused_url, capsys):
     load(ip, endpoint=receiver.url)
     clacky_ipy.task(model="ok")
     receiver.wait()
@@ -352,18 +352,18 @@ def test_log_shows_the_payloads_the_server_received_byte_for_byte(ip, receiver, 
     assert [e["payload"].encode() for e in entries[:3]] == received
     assert [e["path"] for e in entries] == ["/api/v1/telemetry/startup"] + ["/api/v1/telemetry/task"] * 3
     assert json.loads(entries[3]["payload"])["model"] == "unreachable"
-    capfd.readouterr()
+    capsys.readouterr()
     run(ip, "%clacky_telemetry log")
-    out = capfd.readouterr().out
+    out = capsys.readouterr().out
     for body in received:
         assert "    " + body.decode() + "\n" in out + "\n"
     for outcome in ("sent 201", "failed HTTP 500", "failed ConnectionError"):
         assert outcome in out
     run(ip, "%clacky_telemetry log 1")
-    assert capfd.readouterr().out.count("POST /api/v1/telemetry/") == 1
+    assert capsys.readouterr().out.count("POST /api/v1/telemetry/") == 1
 
 
-def test_log_keeps_the_last_100_in_memory_only(ip, receiver, home, capfd):
+def test_log_keeps_the_last_100_in_memory_only(ip, receiver, home, capsys):
     load(ip, endpoint=receiver.url, max_queue_size=10_000)
     for i in range(150):
         clacky_ipy.task(iterations=i)
@@ -371,9 +371,9 @@ def test_log_keeps_the_last_100_in_memory_only(ip, receiver, home, capfd):
     assert len(clacky_ipy.recent(1000)) == 100 and len(clacky_ipy.recent()) == 20
     last = [json.loads(e["payload"])["iterations"] for e in clacky_ipy.recent(4)]
     assert 149 in last  # in the order they completed: up to max_connections (4) were in flight together
-    capfd.readouterr()
+    capsys.readouterr()
     run(ip, "%clacky_telemetry log 0")
-    assert "positive whole number" in capfd.readouterr().err
+    assert "positive whole number" in capsys.readouterr().err
     assert sorted(p.name for p in home.iterdir()) == [NOTICE_FILE]  # nothing else on disk
 
 
@@ -466,10 +466,10 @@ def test_the_log_holds_exactly_the_bytes_the_server_received_whatever_the_values
     assert last["payload"].encode("utf-8") == request.get_data()
 
 
-def test_flush_in_the_loading_cell_says_the_events_wait_for_the_notice(ip, receiver, home, capfd):
+def test_flush_in_the_loading_cell_says_the_events_wait_for_the_notice(ip, receiver, home, capsys):
     ip.config.ClackyTelemetry.endpoint = receiver.url
     run(ip, "%load_ext clacky_ipy\n%clacky_telemetry flush\nimport clacky_ipy\nflushed = clacky_ipy.flush(1)")
-    assert "Waiting for the notice: 1 events" in capfd.readouterr().out
+    assert "Waiting for the notice: 1 events" in capsys.readouterr().out
     assert ip.user_ns["flushed"] is False
     receiver.wait()
     assert len(receiver.events("startup")) == 1

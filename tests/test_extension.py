@@ -94,13 +94,13 @@ def test_unload_removes_everything_and_tracks_nothing_after(ip, receiver):
     assert len(receiver.events("task")) == 1  # only `x = 1`
 
 
-def test_config_lists_the_configurable_with_help(ip, capfd):
+def test_config_lists_the_configurable_with_help(ip, capsys):
     load(ip)
-    capfd.readouterr()
+    capsys.readouterr()
     run(ip, "%config")
-    assert "ClackyTelemetry" in capfd.readouterr().out
+    assert "ClackyTelemetry" in capsys.readouterr().out
     run(ip, "%config ClackyTelemetry")
-    out = capfd.readouterr().out
+    out = capsys.readouterr().out
     for trait in ("enabled", "endpoint", "fallback_endpoints", "track_cells", "timeout", "shutdown_timeout",
                   "max_queue_size", "debug"):  # fmt: skip
         assert f"ClackyTelemetry.{trait}" in out
@@ -117,12 +117,12 @@ def test_loading_at_startup_is_the_same_as_in_a_cell(ip, receiver):
     assert [e["trigger"] for e in receiver.events("task")] == ["cell"]
 
 
-def test_the_hooks_never_print_a_traceback(ip, receiver, capfd):
+def test_the_hooks_never_print_a_traceback(ip, receiver, capsys):
     load(ip, endpoint=receiver.url, track_cells=True)
     magics = ours(ip, "post_run_cell")[0].__self__
     magics._frames.append(("not an ExecutionInfo", "not a float"))
     run(ip, "x = 1")
-    out = capfd.readouterr()
+    out = capsys.readouterr()
     assert "Traceback" not in out.out + out.err and "Error" not in out.err
 
 
@@ -194,12 +194,12 @@ def test_nested_run_cell_is_not_a_cell(ip, receiver):
 
 
 # -- %%clacky ------------------------------------------------------------------------------
-def test_clacky_cell_sends_the_agents_metrics(ip, receiver, capfd):
+def test_clacky_cell_sends_the_agents_metrics(ip, receiver, capsys):
     load(ip, endpoint=receiver.url, track_cells=True)
     run(ip, AGENT)
     result = run(ip, '%%clacky\nprint("working")\nagent_run("my secret prompt")')
     assert result.success
-    assert "working" in capfd.readouterr().out
+    assert "working" in capsys.readouterr().out
     assert ip.user_ns["_"]["model"] == "claude-sonnet-4"  # the last expression was displayed
     receiver.wait()
     *_, event = receiver.events("task")
@@ -233,12 +233,12 @@ def test_clacky_results_own_error_status(ip, receiver):
     assert receiver.events("task")[0]["status"] == "error"
 
 
-def test_failing_clacky_cell_fails_the_cell_with_one_traceback(ip, receiver, capfd):
+def test_failing_clacky_cell_fails_the_cell_with_one_traceback(ip, receiver, capsys):
     load(ip, endpoint=receiver.url, track_cells=True)
-    capfd.readouterr()
+    capsys.readouterr()
     result = run(ip, "%%clacky --model m\nraise ValueError('sk-live-SECRET')")
     assert not result.success and isinstance(result.error_in_exec, ValueError)
-    captured = capfd.readouterr()
+    captured = capsys.readouterr()
     shown = re.sub(r"\x1b\[[0-9;]*m", "", captured.out + captured.err)
     assert shown.count("ValueError: sk-live-SECRET") == 1  # IPython's traceback, once
     receiver.wait()
@@ -276,75 +276,75 @@ def test_clacky_line_form(ip, receiver):
     assert tasks[1]["iterations"] == 4 and tasks[1]["model"] == "claude-sonnet-4"
 
 
-def test_clacky_without_a_statement_is_a_usage_error(ip, receiver, capfd):
+def test_clacky_without_a_statement_is_a_usage_error(ip, receiver, capsys):
     load(ip, endpoint=receiver.url)
-    capfd.readouterr()
+    capsys.readouterr()
     run(ip, "%clacky")
-    assert "UsageError" in capfd.readouterr().err
+    assert "UsageError" in capsys.readouterr().err
 
 
 # -- %clacky_telemetry -----------------------------------------------------------------------
-def test_status_shows_state_endpoint_device_and_counters(ip, receiver, capfd):
+def test_status_shows_state_endpoint_device_and_counters(ip, receiver, capsys):
     load(ip, endpoint=receiver.url, track_cells=True)
     run(ip, "x = 1")
     receiver.wait()
-    capfd.readouterr()
+    capsys.readouterr()
     run(ip, "%clacky_telemetry")
-    out = capfd.readouterr().out
+    out = capsys.readouterr().out
     assert "Telemetry:    on" in out
     assert receiver.url in out and computed_device_id() in out and "track_cells:  True" in out
     assert "queued 0, sent 2, failed 0, dropped 0" in out
 
 
-def test_flush_magic(ip, receiver, capfd):
+def test_flush_magic(ip, receiver, capsys):
     load(ip, endpoint=receiver.url)
-    capfd.readouterr()
+    capsys.readouterr()
     run(ip, "%clacky_telemetry flush")
-    assert "Flushed" in capfd.readouterr().out
+    assert "Flushed" in capsys.readouterr().out
     assert len(receiver.events("startup")) == 1
 
 
-def test_unknown_argument(ip, capfd):
+def test_unknown_argument(ip, capsys):
     load(ip)
-    capfd.readouterr()
+    capsys.readouterr()
     run(ip, "%clacky_telemetry maybe")
-    assert "UsageError" in capfd.readouterr().err
+    assert "UsageError" in capsys.readouterr().err
 
 
 # -- the first-run notice -----------------------------------------------------------------------
-def test_notice_in_the_loading_cell_once_per_home(ip, receiver, home, capfd):
+def test_notice_in_the_loading_cell_once_per_home(ip, receiver, home, capsys):
     load(ip, endpoint=receiver.url)
-    out = capfd.readouterr().out
+    out = capsys.readouterr().out
     assert "telemetry" in out and "%clacky_telemetry off" in out
     assert (home / NOTICE_FILE).exists()
     run(ip, "%reload_ext clacky_ipy")
-    assert "telemetry" not in capfd.readouterr().out
+    assert "telemetry" not in capsys.readouterr().out
 
 
-def test_notice_at_startup_goes_to_the_first_cell(ip, receiver, home, capfd):
+def test_notice_at_startup_goes_to_the_first_cell(ip, receiver, home, capsys):
     ip.config.ClackyTelemetry.endpoint = receiver.url
     ip.extension_manager.load_extension("clacky_ipy")
-    assert capfd.readouterr().out == "" and not (home / NOTICE_FILE).exists()
+    assert capsys.readouterr().out == "" and not (home / NOTICE_FILE).exists()
     run(ip, "print('first')")
-    out = capfd.readouterr().out
+    out = capsys.readouterr().out
     assert out.index("%clacky_telemetry off") < out.index("first")
     assert (home / NOTICE_FILE).exists()
 
 
-def test_no_notice_while_off(ip, receiver, home, env, capfd):
+def test_no_notice_while_off(ip, receiver, home, env, capsys):
     env.setenv("CLACKY_TELEMETRY", "0")
     load(ip, endpoint=receiver.url)
     run(ip, "x = 1")
-    assert "telemetry" not in capfd.readouterr().out.lower()
+    assert "telemetry" not in capsys.readouterr().out.lower()
     assert not (home / NOTICE_FILE).exists()
 
 
 # -- debug ------------------------------------------------------------------------------------
-def test_debug_prints_json_lines_instead_of_sending(ip, receiver, env, capfd):
+def test_debug_prints_json_lines_instead_of_sending(ip, receiver, env, capsys):
     env.setenv("CLACKY_TELEMETRY_DEBUG", "1")
     load(ip, endpoint=receiver.url, track_cells=True)
     run(ip, "x = 1")
-    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert [line["event"] for line in lines] == ["startup", "task"]
     assert lines[1]["payload"]["trigger"] == "cell"
     assert set(lines[0]["payload"]) <= set(payload.KEYS["startup"])

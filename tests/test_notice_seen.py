@@ -27,15 +27,15 @@ HIDDEN_LOADS = {
 
 
 @pytest.mark.parametrize("cell", HIDDEN_LOADS.values(), ids=HIDDEN_LOADS.keys())
-def test_a_hidden_notice_in_a_shell_is_not_seen_then_the_next_cell_shows_it(ip, receiver, home, capfd, cell):
+def test_a_hidden_notice_in_a_shell_is_not_seen_then_the_next_cell_shows_it(ip, receiver, home, capsys, cell):
     ip.config.ClackyTelemetry.endpoint = receiver.url
     run(ip, cell)
     clacky_ipy.task(model="waits")
     assert settle(receiver) == [] and not (home / NOTICE_FILE).exists()
     assert CLIENT.notice_pending
-    capfd.readouterr()
+    capsys.readouterr()
     run(ip, "print('next')")
-    out = capfd.readouterr().out
+    out = capsys.readouterr().out
     assert NOTICE_MARK in out and out.index(NOTICE_MARK) < out.index("next")
     receiver.wait()
     assert [r.path.rsplit("/", 1)[-1] for r in receiver.requests] == ["startup", "task"]
@@ -158,17 +158,17 @@ def test_ci_never_consumes_the_notice(receiver, tmp_path):
 
 
 # -- where the data goes ------------------------------------------------------------------------
-def test_the_notice_names_the_endpoint_masked(ip, receiver, home, capfd):
+def test_the_notice_names_the_endpoint_masked(ip, receiver, home, capsys):
     url = receiver.url.replace("http://", "http://alice:s3cret@")
     ip.config.ClackyTelemetry.endpoint = url
     run(ip, "%load_ext clacky_ipy")
-    out = capfd.readouterr().out
+    out = capsys.readouterr().out
     assert NOTICE_MARK in out
     assert receiver.url.replace("http://", "http://***@") in out and "s3cret" not in out
     assert "fallback" not in out  # a chosen endpoint has none
 
 
-def test_the_notice_names_the_default_hosts_and_their_fallbacks(ip, home, capfd, monkeypatch):
+def test_the_notice_names_the_default_hosts_and_their_fallbacks(ip, home, capsys, monkeypatch):
     monkeypatch.delenv("CLACKY_LICENSE_SERVER")
     ip.config.ClackyTelemetry.enabled = False  # nothing may leave for the real hosts
     from clacky_ipy import notice
