@@ -176,6 +176,10 @@ def persist_off(off: bool, home: Path | None = None) -> None:
         path.unlink(missing_ok=True)
 
 
+#: What a refused endpoint means, said once, in the same sentence as the refusal.
+ENDPOINT_OFF = "so telemetry is off until a valid one is set"
+
+
 def _refusal(message: str) -> None:
     """One line on stderr: what was refused and what stays (never an endpoint's password)."""
     print(mask_credentials(f"clacky_ipy: {message}"), file=sys.stderr)
@@ -327,7 +331,7 @@ class ClackyTelemetry(Configurable):
                 if name == "endpoint":  # never fall back to the default hosts when meant elsewhere
                     problem = url_problem(mine[name])
                     self.endpoint_problem = f"ClackyTelemetry.endpoint {problem}"
-                    _refusal(f"refused ClackyTelemetry.endpoint: {problem}, so telemetry is off until a valid one is set")
+                    _refusal(f"refused ClackyTelemetry.endpoint: {problem}, {ENDPOINT_OFF}")
                 else:
                     _refusal(f"refused ClackyTelemetry.{name}: {err}; kept {old!r}")
 
