@@ -155,6 +155,13 @@ def _telemetry(args: argparse.Namespace) -> int:
 
     client = Client()  # this process's own: it sends nothing (no startup, no worker)
     client.attach(ClackyTelemetry())
+    if args.action == "reset-id":
+        try:
+            print(client.reset_device_id())
+        except OSError as exc:
+            print(f"clacky-ipy telemetry: the device id was not changed: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.action in ("on", "off"):
         error = client.set_user_off(args.action == "off")
         if error:
@@ -208,9 +215,10 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("telemetry", help="show telemetry's state, or turn it on or off for later sessions")
     t.add_argument(
-        "action", nargs="?", choices=("status", "on", "off"), default="status",
+        "action", nargs="?", choices=("status", "on", "off", "reset-id"), default="status",
         help="status (default): on or off and why, the saved choice's file, endpoint, device id; "
-        "on/off: the saved choice, the same as %%clacky_telemetry on/off",
+        "on/off: the saved choice, the same as %%clacky_telemetry on/off; "
+        "reset-id: a fresh random device id in the Clacky home's brand.yml",
     )  # fmt: skip
     t.set_defaults(func=_telemetry)
 

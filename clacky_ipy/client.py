@@ -38,9 +38,11 @@ from .config import (
 from .identity import (
     brand_identity,
     clacky_home,
+    computed_device_id,
     detect_ci,
     detect_container,
     launch_source,
+    reset_device_id,
 )
 from .status import device_id_source
 from .transport import SKIP, Plan, Transport
@@ -119,6 +121,7 @@ class Client:
         self._saved_path: str | None = None  # where it is saved: the worker checks it before each send
         self._home_off: str | None = None  # why the saved choice cannot be checked (telemetry stays off)
         self._device_stored = False  # the device id was read from brand.yml
+        self._device_random = False  # ... and is not the derived one (reset-id, or the gem's own choice)
         self._context_thread: threading.Thread | None = None  # computing the context for status()
         self._config_off: str | None = None  # why the configuration keeps telemetry off
         self._debug = False
@@ -241,6 +244,16 @@ class Client:
         except (OSError, ValueError):
             return False
         return True
+
+    def reset_device_id(self) -> str:
+        """``reset-id``: a fresh random device id in brand.yml, used from the next event on.
+        Returns the line to show; OSError (with its sentence) when it could not be written."""
+        path = reset_device_id(clacky_home())
+        self._context = None  # built again, from the new brand.yml, by the next event
+        return (
+            f"New random device id saved in {path} (mode 0600; the openclacky gem uses it too). "
+            "Events from now on carry it; it is not derived from your host or user names."
+        )
 
     def off_reason(self) -> str | None:
         """Why telemetry is off right now, or None when it is on."""
@@ -452,6 +465,7 @@ class Client:
             with self._context_lock:
                 if self._context is None:
                     device_id, brand, self._device_stored = brand_identity(clacky_home())
+                    self._device_random = self._device_stored and device_id != computed_device_id()
                     ipython = sys.modules.get("IPython")
                     self._context = {
                         "device_id": device_id,
@@ -591,7 +605,9 @@ class Client:
             "fallback_endpoints": list(config.fallback_endpoints),
             # exactly what is sent (made valid UTF-8, capped), not brand.yml's text as it is
             "device_id": None if context is None else payload.clean("startup", context).get("device_id"),
-            "device_id_source": None if context is None else device_id_source(home, self._device_stored),
+            "device_id_source": None
+            if context is None
+            else device_id_source(home, self._device_stored, self._device_random),
             "notice_pending": self.notice_pending,
             "waiting": self.waiting,
         }

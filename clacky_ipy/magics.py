@@ -39,7 +39,7 @@ from .identity import detect_ci, detect_frontend
 from .status import status_text
 
 #: What ``%clacky_telemetry`` accepts, for the usage line and for completion.
-TELEMETRY_COMMANDS = ("status", "on", "off", "log", "flush")
+TELEMETRY_COMMANDS = ("status", "on", "off", "log", "flush", "reset-id")
 #: What completion offers after ``%clacky_telemetry log``.
 LOG_COUNTS = ("10", "20", "50", "100")
 #: ``%%clacky`` / ``%clacky`` options, for completion.
@@ -410,13 +410,14 @@ class ClackyMagics(Magics):
 
     @line_magic
     def clacky_telemetry(self, line: str) -> None:
-        """Show or change telemetry: ``%clacky_telemetry [status|on|off|log [N]|flush]``.
+        """Show or change telemetry: ``%clacky_telemetry [status|on|off|log [N]|flush|reset-id]``.
 
         ``off`` persists in the Clacky home ($CLACKY_HOME, default ~/.clacky) so
         later sessions honour it, until ``on`` (``clacky-ipy telemetry on|off`` in a
         shell is the same switch). ``log [N]`` shows the last N (default 20, at
         most 100) events of this process: path, exact JSON payload and outcome.
         ``flush`` waits (at most shutdown_timeout) until everything queued was delivered.
+        ``reset-id`` writes a fresh random device id into brand.yml (the gem uses it too).
         """
         command, _, rest = line.strip().partition(" ")
         command = command.lower() or "status"
@@ -438,6 +439,11 @@ class ClackyMagics(Magics):
                 print("Telemetry is on.")
                 if self._notice_pending:
                     self.show_notice()
+        elif command == "reset-id":
+            try:
+                print(CLIENT.reset_device_id())
+            except OSError as exc:
+                print(f"clacky_ipy: the device id was not changed: {exc.strerror or exc}", file=sys.stderr)
         elif command == "flush":
             timeout = self.telemetry.shutdown_timeout
             drained = CLIENT.flush()
@@ -450,7 +456,9 @@ class ClackyMagics(Magics):
                 else f"Waiting for the notice: {waiting} events; they leave when the cell that shows it ends."
             )
         else:
-            raise UsageError(f"unknown argument {line.strip()!r}: use %clacky_telemetry [status|on|off|log [N]|flush]")
+            raise UsageError(
+                f"unknown argument {line.strip()!r}: use %clacky_telemetry [status|on|off|log [N]|flush|reset-id]"
+            )
 
 
 def _close(stack: list[Any], result: Any) -> tuple[int, Any] | None:

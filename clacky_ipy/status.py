@@ -19,17 +19,22 @@ DEVICE_ID_COMPUTED = (
     'pseudonymous: SHA-256 of "{hostname}:{user}:{platform}", as the openclacky gem computes it, so a machine '
     "counts once across the gem and notebooks; it is not your names, but anyone who knows them can recompute it"
 )
+DEVICE_ID_RANDOM = (
+    "random: stored in {path} (by `clacky-ipy telemetry reset-id`, or by the openclacky gem), not derived from "
+    "your host or user names; shared with the gem so a machine counts once"
+)
 DEVICE_ID_STORED = (
     "pseudonymous: stored by the openclacky gem in {path}, which derives it the same way (SHA-256 of "
     '"{{hostname}}:{{user}}:{{platform}}"); shared with the gem so a machine counts once'
 )
 
 
-def device_id_source(home: Path | None, stored: bool) -> str:
-    """How this machine's device id was derived: read from the gem's brand.yml (`stored`), or computed.
-    brand.yml is never read here: status runs on the user's thread."""
+def device_id_source(home: Path | None, stored: bool, random: bool = False) -> str:
+    """How this machine's device id was derived: read from the gem's brand.yml (`stored`), and there
+    either `random` or the derived one; or computed. brand.yml is never read here: status runs on the
+    user's thread."""
     if stored and home is not None:
-        return DEVICE_ID_STORED.format(path=home / "brand.yml")
+        return (DEVICE_ID_RANDOM if random else DEVICE_ID_STORED).format(path=home / "brand.yml")
     return DEVICE_ID_COMPUTED
 
 

@@ -395,7 +395,7 @@ def test_log_shows_debug_and_opted_out_events(ip, receiver, blackhole, env):
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("%clacky_telemetry ", ["flush", "log", "off", "on", "status"]),
+        ("%clacky_telemetry ", ["flush", "log", "off", "on", "reset-id", "status"]),
         ("%clacky_telemetry o", ["off", "on"]),
         ("%clacky_telemetry l", ["log"]),
         ("%%clacky --m", ["--model"]),
