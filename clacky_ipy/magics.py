@@ -22,15 +22,17 @@ programmatic calls (``run_cell_magic``) and for what the transformer leaves alon
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
+import threading
 import weakref
 from time import perf_counter
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, needs_local_scope
 
 from . import notice
 from .client import CLIENT, INTERRUPTED, LOG_SIZE
@@ -68,6 +70,51 @@ def _options(text: str) -> dict[str, str]:
     return {name: value for name, value in _OPTION.findall(text)}
 
 
+#: The functions that transform a cell they then run with its hooks (IPython 8 and 9, ipykernel 6 and 7).
+_CELL_RUNNERS = ("_run_cell", "run_cell_async", "run_cell", "do_execute")
+
+
+def _top_level_run() -> bool:
+    """Whether the transformer runs for a cell IPython is about to run with its hooks: called
+    from ``transform_cell`` by the cell runner, not silent. Not: ``%time``/``%timeit``'s own
+    transformation of their line, an inspector, a silent run (``%run file.ipynb``, ``.ipy``):
+    those run no cell hooks, so ``%%clacky`` is left to the magic, which sends by itself."""
+    frame = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            return False
+        caller = frame.f_back
+        if frame.f_code.co_name == "transform_cell" and (caller is None or caller.f_code.co_name != "transform_cell"):
+            # the shell's transform_cell (over the TransformerManager's): who asked for it?
+            if caller is None or caller.f_code.co_name not in _CELL_RUNNERS:
+                return False
+            return not caller.f_locals.get("silent", False)
+        frame = caller
+    return False
+
+
+class _CellState(threading.local):
+    """The cells running on one thread: ipykernel 7's subshells run cells on several at once."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[Any, float]] = []  # (ExecutionInfo, start) of running cells
+        self.claimed = False  # the running top-level cell was already tracked by %%clacky
+        # %%clacky cells: options of cells transformed but not started yet, then (info, options, start)
+        self.pending: list[tuple[dict[str, str], float]] = []
+        self.marked: list[tuple[Any, dict[str, str], float]] = []
+        self.last_marked: Any = None  # the ExecutionInfo of the last %%clacky cell that sent its event
+
+
+def _thread_state(name: str) -> property:
+    def get(self: Any) -> Any:
+        return getattr(self._state, name)
+
+    def set_(self: Any, value: Any) -> None:
+        setattr(self._state, name, value)
+
+    return property(get, set_, doc=f"This thread's {name} (see _CellState).")
+
+
 def _seen_by_a_person(shell: Any, info: Any) -> bool:
     """Whether a cell's output is where a person reads it.
 
@@ -92,15 +139,12 @@ class ClackyMagics(Magics):
     def __init__(self, shell: Any, telemetry: ClackyTelemetry) -> None:
         super().__init__(shell)  # also appends self to shell.configurables
         self.telemetry = telemetry
-        self._frames: list[tuple[Any, float]] = []  # (ExecutionInfo, start) of running cells
-        self._claimed = False  # the running top-level cell was already tracked by %%clacky
+        self._state = _CellState()
         self._notice_pending = False
         self._hooked = self._notice_hooked = False
-        # %%clacky cells: options of cells transformed but not started yet, then (info, options, start)
-        self._pending: list[tuple[dict[str, str], float]] = []
-        self._marked: list[tuple[Any, dict[str, str], float]] = []
         self._marked_hooked = False
-        self._last_marked: Any = None  # the ExecutionInfo of the last %%clacky cell that sent its event
+        self._marked_threads: set[int] = set()  # threads with a %%clacky cell pending or running
+        self._marked_lock = threading.Lock()
         self._clear_watch: tuple[Any, Any] | None = None  # (display publisher, its wrapped clear_output)
         self._cleared = False
 
@@ -111,14 +155,21 @@ class ClackyMagics(Magics):
         self.transformer = transformer
         self.matcher: Any = None  # the completion matcher, registered while loaded
 
+    _frames = _thread_state("frames")
+    _claimed = _thread_state("claimed")
+    _pending = _thread_state("pending")
+    _marked = _thread_state("marked")
+    _last_marked = _thread_state("last_marked")
+
     # -- hooks (every tracked cell pays for these: keep them short) --------------------
     def pre_run_cell(self, info: Any) -> None:
-        self._frames.append((info, perf_counter()))
+        self._state.frames.append((info, perf_counter()))
 
     def post_run_cell(self, result: Any) -> None:
         end = perf_counter()
         try:
-            frames = self._frames
+            state = self._state
+            frames = state.frames
             if not frames:
                 return  # no pre_run_cell: the cell that loaded the extension
             if result is not None and frames[-1][0] is result.info:
@@ -132,8 +183,8 @@ class ClackyMagics(Magics):
                 if _running(frames[0][0]):
                     return  # a nested run, e.g. the body of %%clacky
                 frames.clear()  # they ended unseen: this cell is top-level, and so are the next ones
-            claimed, self._claimed = self._claimed, False
-            if claimed or info is self._last_marked or (self._marked and self._marked[-1][0] is info):
+            claimed, state.claimed = state.claimed, False
+            if claimed or info is state.last_marked or (state.marked and state.marked[-1][0] is info):
                 return  # a %%clacky cell sends its own event
             # ipykernel passes None for an interrupted async cell
             error = INTERRUPTED if result is None else (result.error_before_exec or result.error_in_exec)
@@ -196,18 +247,40 @@ class ClackyMagics(Magics):
                 head, out = _CELL_HEAD.fullmatch(lines[1]), [first, *lines[2:]]
             else:
                 return lines
-            if head is None or not "".join(out).strip():
+            if head is None or not "".join(out).strip() or not _top_level_run():
                 return lines
-            self._pending.append((_options(head.group(1)), perf_counter()))
+            self._pending.append((_options(self._expand(head.group(1))), perf_counter()))
             self._hook_marked(True)
             return out
         except Exception:
             return lines
 
-    def _hook_marked(self, on: bool) -> None:
-        if on != self._marked_hooked:
-            self._hook(on, ("pre_run_cell", self._marked_pre), ("post_run_cell", self._marked_post))
-            self._marked_hooked = on
+    def _expand(self, text: str) -> str:
+        """``{var}`` and ``$var`` in the options, from the user's namespace, as IPython expands
+        a magic's line: the same value through the transformer as through the magic."""
+        if "{" not in text and "$" not in text:
+            return text
+        try:
+            from IPython.utils.text import DollarFormatter
+
+            # what var_expand does for a magic called at top level, whose frame's locals are user_ns
+            return DollarFormatter().vformat(text, args=[], kwargs=self.shell.user_ns.copy())
+        except Exception:
+            return text  # as IPython leaves a line it cannot expand
+
+    def _hook_marked(self, on: bool, everyone: bool = False) -> None:
+        """Register the %%clacky hooks while any thread has a marked cell pending or running."""
+        with self._marked_lock:
+            if on:
+                self._marked_threads.add(threading.get_ident())
+            elif everyone:
+                self._marked_threads.clear()
+            else:
+                self._marked_threads.discard(threading.get_ident())
+            want = bool(self._marked_threads)
+            if want != self._marked_hooked:
+                self._hook(want, ("pre_run_cell", self._marked_pre), ("post_run_cell", self._marked_post))
+                self._marked_hooked = want
 
     def _marked_pre(self, info: Any) -> None:
         """The transformed cell starts: bind its options to its ExecutionInfo."""
@@ -352,8 +425,9 @@ class ClackyMagics(Magics):
             pass
 
     # -- magics -------------------------------------------------------------------
+    @needs_local_scope
     @line_cell_magic
-    def clacky(self, line: str, cell: str | None = None) -> None:
+    def clacky(self, line: str, cell: str | None = None, local_ns: Any = None) -> Any:
         """Run an agent cell and send one task event (trigger ``magic``).
 
         Usage::
@@ -371,9 +445,11 @@ class ClackyMagics(Magics):
         ``Agent#run`` result. ``--model`` / ``--provider`` fill those keys when
         the result lacks them.
 
-        Called programmatically (``run_cell_magic``/``run_line_magic``), the
-        body runs through ``run_cell`` inside the calling cell, where top-level
-        ``await`` is not available in a running event loop.
+        The line form inside a statement (``r = %clacky agent()``, ``%time %clacky
+        agent()``) evaluates STATEMENT as ``%time`` does and returns its value; its
+        exception goes on into the calling cell. Called programmatically
+        (``run_cell_magic``), the body runs through ``run_cell`` inside the calling
+        cell, where top-level ``await`` is not available in a running event loop.
         """
         if cell is None and _ONLY_OPTIONS.fullmatch(line):
             raise UsageError(_NO_STATEMENT)  # `%clacky --model m`: never run the options as code
@@ -384,11 +460,16 @@ class ClackyMagics(Magics):
         if not body.strip():
             raise UsageError(_NO_STATEMENT)
         shell = self.shell
-        outer = shell.displayhook.exec_result  # the ExecutionResult of the cell running this magic
         self._claimed = bool(self._frames)
+        if cell is None:
+            tree = self._statement(body)
+            if tree is not None:
+                return self._evaluate(opts, body, tree, local_ns)
+        outer = shell.displayhook.exec_result  # the ExecutionResult of the cell running this magic
+        silent = bool(getattr(getattr(outer, "info", None), "silent", False))  # `%run file.ipynb` stays silent
         start = perf_counter()
         try:
-            inner = shell.run_cell(body, store_history=False)
+            inner = shell.run_cell(body, store_history=False, silent=silent)
         finally:
             shell.displayhook.exec_result = outer  # the nested run reset it
         duration = round((perf_counter() - start) * 1000)
@@ -399,6 +480,43 @@ class ClackyMagics(Magics):
             pass  # never the cell's problem
         if error is not None and outer is not None:
             outer.error_in_exec = error  # the cell fails (Run All stops); the traceback was shown once
+        return None
+
+    def _statement(self, statement: str) -> ast.Module | None:
+        """The line form's statement as IPython would run it (magics and ``!`` turned into code, AST
+        transformers applied); None for what only the cell runner can run (``await``, a syntax error)."""
+        try:
+            tree = self.shell.transform_ast(self.shell.compile.ast_parse(self.shell.transform_cell(statement)))
+        except Exception:
+            return None
+        asynchronous = (ast.Await, ast.AsyncFor, ast.AsyncWith, ast.AsyncFunctionDef)
+        return None if any(isinstance(node, asynchronous) for node in ast.walk(tree)) else tree
+
+    def _evaluate(self, opts: dict[str, Any], statement: str, tree: ast.Module, local_ns: Any) -> Any:
+        """Run the line form's statement, as ``%time`` does: its value is returned, its exception goes on."""
+        __tracebackhide__ = True  # IPython leaves this frame out of the traceback
+        shell = self.shell
+        namespace = shell.user_ns if local_ns is None else local_ns
+        filename = shell.compile.cache(statement)  # so a traceback shows the statement's line
+        value: Any = None
+        error: BaseException | None = None
+        start = perf_counter()
+        try:
+            if len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr):
+                value = eval(
+                    shell.compile(ast.Expression(tree.body[0].value), filename, "eval"), shell.user_global_ns, namespace
+                )
+            else:
+                exec(shell.compile(tree, filename, "exec"), shell.user_global_ns, namespace)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            try:
+                self._send(opts, error, round((perf_counter() - start) * 1000), value)
+            except Exception:
+                pass  # never the cell's problem
+        return value
 
     def _agent_result(self, name: str | None, last_value: Any) -> Any:
         if not name:
@@ -622,7 +740,7 @@ def unload(shell: Any) -> None:
     magics.sync_hooks(loaded=False)
     magics._hook(False, ("pre_run_cell", magics._runner_hook), ("post_run_cell", magics._notice_read))
     magics._watch_clear(False)
-    magics._hook_marked(False)
+    magics._hook_marked(False, everyone=True)
     magics._pending.clear()
     magics._marked.clear()
     shell.input_transformers_cleanup[:] = [t for t in shell.input_transformers_cleanup if t is not magics.transformer]
