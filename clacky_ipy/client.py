@@ -351,6 +351,8 @@ class Client:
         runner = notice.unattended_runner(kernel)
         if runner:
             self.runner = runner
+        if notice.seen():
+            return True  # seen meanwhile elsewhere (another process, JupyterLab's notification)
         if not notice.visible(sys.stderr):
             return False  # printed nowhere: shown when stderr reaches someone
         unattended = runner is not None or detect_ci()

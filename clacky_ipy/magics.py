@@ -343,6 +343,11 @@ class ClackyMagics(Magics):
         if CLIENT.off_reason():
             return  # stays pending: shown when telemetry is turned on
         runner = self._learn_runner()
+        if notice.seen():  # seen meanwhile elsewhere (another session, JupyterLab's notification)
+            self._notice_pending = False
+            CLIENT.notice_displayed()
+            self.sync_hooks()
+            return
         if not notice.visible(sys.stdout):
             self._notice_pending = True  # captured or sent nowhere: the next cell shows it
             self._arm_notice()

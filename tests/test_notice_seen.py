@@ -178,3 +178,15 @@ def test_the_notice_names_the_default_hosts_and_their_fallbacks(ip, home, capsys
     assert "https://www.openclacky.com" in text
     assert "https://api.1024code.com" in text and "fallback" in text
     assert sys.modules.get("clacky_ipy.notice") is notice
+
+
+def test_a_notice_seen_elsewhere_meanwhile_releases_the_events_without_showing_it(ip, receiver, home, capsys):
+    ip.config.ClackyTelemetry.endpoint = receiver.url
+    ip.extension_manager.load_extension("clacky_ipy")  # pending: the first cell would show it
+    from clacky_ipy import notice
+
+    notice.mark_seen(home)  # e.g. the JupyterLab notification, answered
+    run(ip, "x = 1")
+    assert NOTICE_MARK not in capsys.readouterr().out
+    receiver.wait()
+    assert len(receiver.events("startup")) == 1
