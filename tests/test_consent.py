@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,17 @@ def kernel(env, extra=()):
     return start_new_kernel(kernel_name="python3", extra_arguments=list(extra), env=env)
 
 
+@contextmanager
+def running_kernel(env, extra=()):
+    """A real kernel's client, the kernel shut down after."""
+    km, kc = kernel(env, extra)
+    try:
+        yield kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 def execute(kc, code, **kwargs):
     """Run `code`; return [(header date as epoch, stream text)] of its output."""
     msg_id = kc.execute(code, **kwargs)
@@ -215,8 +227,7 @@ def test_kernel_prints_the_notice_in_the_loading_cell_before_anything_is_receive
 
 def test_kernel_with_the_extension_at_startup_waits_for_the_first_cell(receiver, tmp_path):
     env = subprocess_env(CLACKY_HOME=str(tmp_path), CLACKY_LICENSE_SERVER=receiver.url)
-    km, kc = kernel(env, ["--ext=clacky_ipy"])
-    try:
+    with running_kernel(env, ["--ext=clacky_ipy"]) as kc:
         time.sleep(2)  # a kernel that sent at start-up has done so by now
         assert receiver.requests == []
         hidden = execute(kc, "x = 0", store_history=False)  # a frontend's own set-up code (VS Code)
@@ -224,9 +235,6 @@ def test_kernel_with_the_extension_at_startup_waits_for_the_first_cell(receiver,
         out = "".join(text for _, text in execute(kc, "x = 1"))
         assert NOTICE_MARK in out
         execute(kc, "%clacky_telemetry flush")
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     assert len(receiver.events("startup")) == 1
 
 

@@ -10,7 +10,7 @@ import sys
 import nbformat
 import pytest
 from conftest import CLIENT, PYTHON, run, subprocess_env
-from test_consent import NOTICE_MARK, execute, kernel, settle, terminal
+from test_consent import NOTICE_MARK, execute, running_kernel, settle, terminal
 
 import clacky_ipy
 from clacky_ipy.config import NOTICE_FILE
@@ -45,17 +45,13 @@ def test_a_hidden_notice_in_a_shell_is_not_seen_then_the_next_cell_shows_it(ip, 
 @pytest.mark.parametrize("name", ["capture_output", "clear_output", "clear_output(wait=True)"])
 def test_a_hidden_notice_in_a_kernel_is_not_seen(receiver, tmp_path, name):
     env = subprocess_env(CLACKY_HOME=str(tmp_path), CLACKY_LICENSE_SERVER=receiver.url)
-    km, kc = kernel(env)
-    try:
+    with running_kernel(env) as kc:
         execute(kc, HIDDEN_LOADS[name])
         execute(kc, "import clacky_ipy; clacky_ipy.flush(1)", store_history=False)
         assert settle(receiver, 1) == [] and not (tmp_path / NOTICE_FILE).exists()
         out = "".join(text for _, text in execute(kc, "x = 1"))
         assert NOTICE_MARK in out
         execute(kc, "%clacky_telemetry flush")
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     assert len(receiver.events("startup")) == 1 and (tmp_path / NOTICE_FILE).exists()
 
 
