@@ -42,7 +42,7 @@ def test_a_hidden_notice_in_a_shell_is_not_seen_then_the_next_cell_shows_it(ip, 
     assert (home / NOTICE_FILE).exists()
 
 
-@pytest.mark.parametrize("name", ["capture_output", "clear_output", "clear_output(wait=True)"])
+@pytest.mark.parametrize("name", HIDDEN_LOADS)
 def test_a_hidden_notice_in_a_kernel_is_not_seen(receiver, tmp_path, name):
     env = subprocess_env(CLACKY_HOME=str(tmp_path), CLACKY_LICENSE_SERVER=receiver.url)
     with running_kernel(env) as kc:
