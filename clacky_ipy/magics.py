@@ -34,7 +34,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, needs_local_scope
 
-from . import notice
+from . import logcomm, notice
 from .client import CLIENT, INTERRUPTED, LOG_SIZE
 from .config import ClackyTelemetry, saved_choice_path
 from .identity import detect_ci, detect_frontend
@@ -729,6 +729,7 @@ def load(shell: Any) -> None:
         magics.show_notice()  # loaded from a cell: tell the user in it
     CLIENT.listen(magics.sync_hooks)
     magics.sync_hooks()
+    logcomm.register(shell)
 
 
 def unload(shell: Any) -> None:
@@ -737,6 +738,7 @@ def unload(shell: Any) -> None:
     if magics is None:
         return
     CLIENT.unlisten(magics.sync_hooks)
+    logcomm.unregister(shell)
     completer = getattr(shell, "Completer", None)
     if completer is not None and magics.matcher in completer.custom_matchers:
         completer.custom_matchers.remove(magics.matcher)
