@@ -175,6 +175,15 @@ def _telemetry(args: argparse.Namespace) -> int:
     from .config import saved_choice_path
     from .status import SESSION_CONFIG_NOTE, machine_status, save_choice, status_text
 
+    if args.action == "reset-id":
+        from .client import Client
+
+        try:
+            print(Client().reset_device_id())  # a client of its own: it sends nothing
+        except OSError as exc:
+            print(f"clacky-ipy telemetry: the device id was not changed: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.action in ("on", "off"):
         error, reason = save_choice(args.action == "off")
         if error:
@@ -234,9 +243,10 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("telemetry", help="show telemetry's state, or turn it on or off for later sessions")
     t.add_argument(
-        "action", nargs="?", choices=("status", "on", "off"), default="status",
+        "action", nargs="?", choices=("status", "on", "off", "reset-id"), default="status",
         help="status (default): on or off and why, the saved choice's file, endpoint, device id; "
-        "on/off: the saved choice, the same as %%clacky_telemetry on/off",
+        "on/off: the saved choice, the same as %%clacky_telemetry on/off; "
+        "reset-id: a fresh random device id in the Clacky home's brand.yml",
     )  # fmt: skip
     t.set_defaults(func=_telemetry)
 
@@ -264,7 +274,7 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_collect)
 
     r = sub.add_parser("report", help="what the platform derives from a collector's database")
-    r.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
+    r.add_argument("--db", required=True, help="the collector's database: an SQLite file or a postgresql:// URL")
     r.add_argument(
         "--days",
         type=_bounded(int, 1, MAX_DAYS, "a positive number of days"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -37,9 +38,11 @@ from .config import (
 from .identity import (
     brand_identity,
     clacky_home,
+    computed_device_id,
     detect_ci,
     detect_container,
     launch_source,
+    reset_device_id,
 )
 from .status import device_id_source
 from .transport import SKIP, Plan, Transport
@@ -77,9 +80,18 @@ except Exception:  # os.environ replaced by another mapping
     _ENV_KEYS = ()
 
 
+#: A line of a cell that is only this extension's own business: ``%clacky_telemetry ...``, a comment, blank.
+_OWN_LINE = re.compile(r"\s*(?:%clacky_telemetry(?:\s.*)?|#.*)?")
+
+
 def is_extension_cell(raw_cell: Any) -> bool:
-    """The cell that (re)loads this extension is never tracked."""
-    return isinstance(raw_cell, str) and "load_ext" in raw_cell and "clacky_ipy" in raw_cell
+    """The cell that (re)loads this extension, or whose whole source is ``%clacky_telemetry``
+    lines (status, log, flush, on, off), is never tracked: it is no task of the user's."""
+    if not isinstance(raw_cell, str):
+        return False
+    if "load_ext" in raw_cell and "clacky_ipy" in raw_cell:
+        return True
+    return "%clacky_telemetry" in raw_cell and all(_OWN_LINE.fullmatch(line) for line in raw_cell.splitlines())
 
 
 class Client:
@@ -109,10 +121,14 @@ class Client:
         self._saved_path: str | None = None  # where it is saved: the worker checks it before each send
         self._home_off: str | None = None  # why the saved choice cannot be checked (telemetry stays off)
         self._device_stored = False  # the device id was read from brand.yml
+        self._device_random = False  # ... and is not the derived one (reset-id, or the gem's own choice)
         self._context_thread: threading.Thread | None = None  # computing the context for status()
         self._config_off: str | None = None  # why the configuration keeps telemetry off
         self._debug = False
         self._listeners: list[Callable[[], None]] = []  # told when telemetry may have turned on or off
+        #: ``launch_source`` of an unattended run (papermill, nbclient...): its events are flagged
+        self.runner: str | None = None
+        self._notice_printed = False  # printed where it does not count (CI, an unattended run)
 
     def reset(self) -> None:
         """Forget everything, as a new process would (for tests)."""
@@ -135,6 +151,8 @@ class Client:
         self.notice_pending, self._notice_displayed = True, False
         self.notice_display = None
         self._policy_off = None
+        self.runner = None
+        self._notice_printed = False
 
     # -- configuration -----------------------------------------------------------
     @property
@@ -227,6 +245,16 @@ class Client:
             return False
         return True
 
+    def reset_device_id(self) -> str:
+        """``reset-id``: a fresh random device id in brand.yml, used from the next event on.
+        Returns the line to show; OSError (with its sentence) when it could not be written."""
+        path = reset_device_id(clacky_home())
+        self._context = None  # built again, from the new brand.yml, by the next event
+        return (
+            f"New random device id saved in {path} (mode 0600; the openclacky gem uses it too). "
+            "Events from now on carry it; it is not derived from your host or user names."
+        )
+
     def off_reason(self) -> str | None:
         """Why telemetry is off right now, or None when it is on."""
         return env_off_reason() or self.switched_off
@@ -301,15 +329,16 @@ class Client:
         return len(self._held)
 
     def notice_displayed(self, print_to_stderr: bool = False) -> None:
-        """The notice is now where a person sees it: remember that, and send what waited for it."""
+        """A person has seen the notice: remember that, and send what waited for it.
+
+        With `print_to_stderr` (the Python API without the extension) it is printed first,
+        and counts only when stderr reaches a person in an attended run (see `notice`).
+        """
         with self._held_lock:
             if self._notice_displayed:
                 return
-            if print_to_stderr:
-                try:
-                    print(notice.NOTICE, file=sys.stderr, flush=True)
-                except Exception:
-                    return  # not displayed: stays pending
+            if print_to_stderr and not self._print_notice():
+                return  # not seen: stays pending
             self.notice_pending = False
             self._notice_displayed = True
         notice.mark_seen()
@@ -325,6 +354,26 @@ class Client:
                 self._notify()
         else:
             self._release(send=True)
+
+    def _print_notice(self) -> bool:
+        """Print the notice on stderr; True when that counts as a person seeing it."""
+        kernel = getattr(_shell(), "kernel", None)
+        runner = notice.unattended_runner(kernel)
+        if runner:
+            self.runner = runner
+        if notice.seen():
+            return True  # seen meanwhile elsewhere (another process, JupyterLab's notification)
+        if not notice.visible(sys.stderr):
+            return False  # printed nowhere: shown when stderr reaches someone
+        unattended = runner is not None or detect_ci()
+        if unattended and self._notice_printed:
+            return False
+        try:
+            print(notice.text(self.config), file=sys.stderr, flush=True)
+        except Exception:
+            return False
+        self._notice_printed = True
+        return not unattended  # in an unattended run's log, for whoever reads it: never consumed
 
     def _release(self, send: bool) -> None:
         """Hand the held events to the transport, or discard them (telemetry was turned off)."""
@@ -396,7 +445,9 @@ class Client:
         event = {**fields, **payload.task_metrics(result)} if fields else payload.task_metrics(result)
         event["trigger"] = trigger
         event["status"] = payload.status_of(error, event.get("status"))
-        if event["status"] == "error" and error is not None:
+        if event["status"] != "error":
+            event.pop("error_kind", None)  # a class name only beside status error, even one passed by hand
+        elif error is not None:
             event["error_kind"] = payload.error_kind(error)
         if isinstance(measured, tuple):
             measured = round((measured[1] - measured[0]) * 1000)
@@ -426,6 +477,7 @@ class Client:
             with self._context_lock:
                 if self._context is None:
                     device_id, brand, self._device_stored = brand_identity(clacky_home())
+                    self._device_random = self._device_stored and device_id != computed_device_id()
                     ipython = sys.modules.get("IPython")
                     self._context = {
                         "device_id": device_id,
@@ -465,8 +517,13 @@ class Client:
             pass
 
     def build(self, event: str, fields: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The payload exactly as sent: shared context, then the event's fields, cleaned."""
-        return payload.clean(event, {**(context or self.context()), "frontend": self.frontend, **fields})
+        """The payload exactly as sent: the event's own fields, then the context, which only
+        the client fills (a caller's ``device_id=`` or ``frontend=`` never replaces it), cleaned."""
+        own = {key: value for key, value in fields.items() if key not in payload.CONTEXT_KEYS}
+        context = {**(context or self.context()), "frontend": self.frontend}
+        if self.runner:
+            context["launch_source"] = self.runner
+        return payload.clean(event, {**own, **context})
 
     def _plan(self, event: str, data: Any) -> Plan | None:
         """Called by the worker just before sending: the opt-out is checked again here,
@@ -555,11 +612,15 @@ class Client:
             "decided_by": self.decided_by(),
             "saved_choice": None if path is None else str(path),
             "saved_off": self._user_off,
+            # saved off when this session read it, removed since (`clacky-ipy telemetry on`): it stays off
+            "saved_off_removed": self._user_off and path is not None and not _exists(path),
             "endpoint": config.endpoint,
             "fallback_endpoints": list(config.fallback_endpoints),
             # exactly what is sent (made valid UTF-8, capped), not brand.yml's text as it is
             "device_id": None if context is None else payload.clean("startup", context).get("device_id"),
-            "device_id_source": None if context is None else device_id_source(home, self._device_stored),
+            "device_id_source": None
+            if context is None
+            else device_id_source(home, self._device_stored, self._device_random),
             "notice_pending": self.notice_pending,
             "waiting": self.waiting,
         }
@@ -577,6 +638,22 @@ class Client:
             "paused_seconds": round(paused, 1),
             "last_error": self.transport.last_error,
         }
+
+
+def _exists(path: Any) -> bool:
+    try:
+        return os.path.exists(path)
+    except (OSError, ValueError):
+        return True  # cannot tell: as it was read
+
+
+def _shell() -> Any:
+    """The running IPython shell, if any (never imports IPython)."""
+    ipython = sys.modules.get("IPython")
+    try:
+        return ipython.get_ipython() if ipython is not None else None
+    except Exception:
+        return None
 
 
 CLIENT = Client()

@@ -21,6 +21,10 @@ DEVICE_ID_COMPUTED = (
     'pseudonymous: SHA-256 of "{hostname}:{user}:{platform}", as the openclacky gem computes it, so a machine '
     "counts once across the gem and notebooks; it is not your names, but anyone who knows them can recompute it"
 )
+DEVICE_ID_RANDOM = (
+    "random: stored in {path} (by `clacky-ipy telemetry reset-id`, or by the openclacky gem), not derived from "
+    "your host or user names; shared with the gem so a machine counts once"
+)
 DEVICE_ID_STORED = (
     "pseudonymous: stored by the openclacky gem in {path}, which derives it the same way (SHA-256 of "
     '"{{hostname}}:{{user}}:{{platform}}"); shared with the gem so a machine counts once'
@@ -38,11 +42,12 @@ SESSION_CONFIG_NOTE = (
 )
 
 
-def device_id_source(home: Path | None, stored: bool) -> str:
-    """How this machine's device id was derived: read from the gem's brand.yml (`stored`), or computed.
-    brand.yml is never read here: status runs on the user's thread."""
+def device_id_source(home: Path | None, stored: bool, random: bool = False) -> str:
+    """How this machine's device id was derived: read from the gem's brand.yml (`stored`), and there
+    either `random` or the derived one; or computed. brand.yml is never read here: status runs on the
+    user's thread."""
     if stored and home is not None:
-        return DEVICE_ID_STORED.format(path=home / "brand.yml")
+        return (DEVICE_ID_RANDOM if random else DEVICE_ID_STORED).format(path=home / "brand.yml")
     return DEVICE_ID_COMPUTED
 
 
@@ -53,7 +58,15 @@ def status_text(status: Mapping[str, Any]) -> str:
     saved = status.get("saved_choice")
     lines = [f"Telemetry:    {state}"]
     if saved:
-        choice = f"off, saved in {saved}" if status.get("saved_off") else f"on (`off` would be saved in {saved})"
+        if status.get("saved_off_removed"):
+            choice = (
+                f"on for later sessions ({saved} was removed since this session read it), but this session "
+                "stays off: %clacky_telemetry on turns it on too"
+            )
+        elif status.get("saved_off"):
+            choice = f"off, saved in {saved}"
+        else:
+            choice = f"on (`off` would be saved in {saved})"
         lines.append(f"Saved choice: {choice}")
     lines.append(
         f"Endpoint:     {status['endpoint']}"

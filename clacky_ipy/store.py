@@ -681,8 +681,10 @@ class _Engine:
         """Check the database is ours (and current), and with `create` make what is missing."""
         tables = self.tables()
         if "events" not in tables:
-            if not create:
+            if not create and self.foreign(tables):
                 raise StoreError(f"{self.name}: not a clacky-ipy database (no events table)")
+            if not create:  # a fresh database: the collector creates its tables at its first start
+                raise StoreError(f"{self.name}: nothing collected yet (no collector has written to this database)")
             if self.foreign(tables):
                 raise StoreError(f"{self.name}: a database of something else (no events table): not touching it")
         elif not {"received_at", "kind"} <= self.columns("events"):

@@ -10,7 +10,7 @@ import pytest
 from conftest import PYTHON, subprocess_env
 from nbclient.exceptions import CellExecutionError
 
-from clacky_ipy import payload
+from clacky_ipy import notice, payload
 from clacky_ipy.demo import execute_notebook, kernel_env, notebooks_dir
 
 NOTEBOOKS = sorted(notebooks_dir().glob("*.ipynb"))
@@ -34,6 +34,9 @@ def outputs(nb, kind="stream"):
 
 
 def run_notebook(path, receiver, tmp_path):
+    """Run `path` with nbclient, in a home where a person saw the notice before (an unattended
+    run never consumes it: tests/test_notice_seen.py): its events carry launch_source nbclient."""
+    notice.mark_seen(tmp_path / "home")
     env = kernel_env(receiver.url, tmp_path / "home")
     env["PYTHONPATH"] = subprocess_env()["PYTHONPATH"]  # the kernel imports this checkout, not another install
     try:
@@ -52,6 +55,7 @@ def test_notebook_in_a_real_kernel(path, receiver, tmp_path):
     startups = receiver.events("startup")
     tasks = receiver.events("task")
     assert len(startups) == 1 and startups[0]["frontend"] == "jupyter"
+    assert {e["launch_source"] for e in receiver.events()} == {"nbclient"}
     assert [(t["trigger"], t["status"], t.get("model")) for t in tasks] == EXPECTED[path.name]
     for request in receiver.requests:
         event = request.path.rsplit("/", 1)[-1]
@@ -126,7 +130,8 @@ def test_demo_command_runs_offline_and_exits_0(tmp_path):
     assert "Events received (7)" in out  # 1 startup, 6 tasks (see EXPECTED)
     assert "unique_devices" in out and "agent_runs" in out and "statuses" in out
     assert not (tmp_path / "home").exists()  # the demo never touches the user's Clacky home
-    # what a newcomer wants to see: the notice, the status, a payload as received, the opt-out
+    # what a newcomer wants to see: the notice (the demo shows it: its notebook runs unattended),
+    # the status, a payload as received, the opt-out
     assert "  | clacky_ipy: usage telemetry for OpenClacky is on" in out
     assert "  | Telemetry:    on" in out and "  | Device id:" in out
     head, body = out.split("One payload exactly as the collector received it", 1)[1].splitlines()[:2]

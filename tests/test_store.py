@@ -373,7 +373,7 @@ def test_unreachable_postgres_is_one_line_without_the_password():
 
 
 def test_postgres_database_without_our_tables(pg_url):
-    with pytest.raises(StoreError, match="not a clacky-ipy database"):
+    with pytest.raises(StoreError, match="nothing collected yet"):
         open_store(pg_url, create=False)
     open_store(pg_url).close()  # the collector creates them
     assert open_store(pg_url, create=False).count() == 0
