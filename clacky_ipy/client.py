@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from . import notice, payload
+from . import agents, notice, payload
 from .config import (
     ClackyTelemetry,
     env_off_reason,
@@ -383,7 +383,7 @@ class Client:
         trigger, error, measured, result, fields, info = data
         if info is not None and is_extension_cell(getattr(info, "raw_cell", None)):
             return None
-        event = {**fields, **payload.task_metrics(result)} if fields else payload.task_metrics(result)
+        event = agents.task_metrics(result, fields)
         event["trigger"] = trigger
         event["status"] = payload.status_of(error, event.get("status"))
         if event["status"] == "error" and error is not None:
@@ -598,9 +598,23 @@ def task(result: Any = None, **fields: Any) -> bool:
 
 
 class Tracker:
-    """What `track()` yields: set `result` to attach the agent's metrics."""
+    """What `track()` yields: `add()` each agent or LLM result (summed), or set `result`."""
 
     result: Any = None
+
+    def __init__(self) -> None:
+        self._added: list[Any] = []
+
+    def add(self, result: Any) -> Any:
+        """Count one more result (any SDK's, see `agents`): read on the worker, summed; returns `result`."""
+        self._added.append(result)
+        return result
+
+    def results(self) -> Any:
+        """What the event is built from: `result`, and every result added, as one `agents.Runs`."""
+        if not self._added:
+            return self.result
+        return agents.Runs([*self._added, self.result] if self.result is not None else self._added)
 
 
 @contextmanager
@@ -617,7 +631,7 @@ def track(model: str | None = None, provider: str | None = None) -> Iterator[Tra
     finally:
         try:
             duration = round((time.perf_counter() - start) * 1000)
-            CLIENT.task("api", error, duration, tracker.result, {"model": model, "provider": provider})
+            CLIENT.task("api", error, duration, tracker.results(), {"model": model, "provider": provider})
         except Exception:
             pass
 
