@@ -15,10 +15,22 @@ from clacky_ipy.collector import Collector
 from clacky_ipy.fakellm import FakeLLM
 
 
+def _missing(modules):
+    missing = [m for m in modules if importlib.util.find_spec(m.split(".")[0]) is None]
+    return f"not installed here: {', '.join(missing)} (the `agents` extra)" if missing else None
+
+
 def installed(*modules):
     """Skip (with the reason) when an SDK is not importable, e.g. on Python 3.9."""
-    missing = [m for m in modules if importlib.util.find_spec(m.split(".")[0]) is None]
-    return pytest.mark.skipif(bool(missing), reason=f"not installed here: {', '.join(missing)} (the `agents` extra)")
+    reason = _missing(modules)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+def need(*modules):
+    """The same, inside a test."""
+    reason = _missing(modules)
+    if reason:
+        pytest.skip(reason)
 
 
 PRICES = importlib.util.find_spec("genai_prices") is not None
@@ -340,9 +352,7 @@ second = openai.OpenAI(base_url=OPENAI_URL, api_key="x").chat.completions.create
 @pytest.mark.parametrize("case", list(CASES))
 def test_clacky_cell_sends_what_the_sdk_result_says(shell, collector, case):
     modules, cell, expected = CASES[case]
-    for module in modules:
-        if importlib.util.find_spec(module.split(".")[0]) is None:
-            pytest.skip(f"not installed here: {module} (the `agents` extra)")
+    need(*modules)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the SDK's own call may warn; the telemetry must not
         warnings.filterwarnings("ignore", module=r"(?!clacky_ipy)")
