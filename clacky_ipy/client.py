@@ -582,7 +582,7 @@ def startup() -> bool:
 
 
 def task(result: Any = None, **fields: Any) -> bool:
-    """Send a task event (trigger ``api``) with the metrics of the agent's `result` mapping.
+    """Send a task event (trigger ``api``) with the metrics of the agent's `result` (any SDK's, see `agents`).
 
     Keyword fields are payload keys (``model=``, ``provider=``, ``status=``,
     ``duration_ms=`` ...) that fill what the result lacks; unknown keys are

@@ -56,7 +56,8 @@ def weather() -> str:
     "The weather."
     return "sunny"
 
-model = OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=openai.AsyncOpenAI(base_url=OPENAI_URL, api_key="x"))
+client = openai.AsyncOpenAI(base_url=OPENAI_URL, api_key="x")
+model = OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=client)
 await Runner.run(Agent(name="a", model=model, tools=[weather]), "hi")
 """,
         times(2, OPENAI),

@@ -166,7 +166,8 @@ CASES = {
         """%%clacky
 import anthropic
 client = anthropic.Anthropic(base_url=URL, api_key="x")
-with client.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as s:
+hi = [{"role": "user", "content": "hi"}]
+with client.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=hi) as s:
     message = s.get_final_message()
 message
 """,
@@ -232,7 +233,8 @@ def weather() -> str:
     "The weather."
     return "sunny"
 
-model = OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=openai.AsyncOpenAI(base_url=OPENAI_URL, api_key="x"))
+client = openai.AsyncOpenAI(base_url=OPENAI_URL, api_key="x")
+model = OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=client)
 Runner.run_sync(Agent(name="a", model=model, tools=[weather]), "hi")
 """,
         times(2, OPENAI),
@@ -315,7 +317,8 @@ client.models.generate_content(model="gemini-2.5-flash", contents="hi")
         ("mistralai",),
         """%%clacky
 from mistralai.client import Mistral
-Mistral(api_key="x", server_url=URL).chat.complete(model="mistral-small-latest", messages=[{"role": "user", "content": "hi"}])
+hi = [{"role": "user", "content": "hi"}]
+Mistral(api_key="x", server_url=URL).chat.complete(model="mistral-small-latest", messages=hi)
 """,
         MISTRAL,
     ),
@@ -391,7 +394,8 @@ def test_claude_agent_sdk_through_its_bundled_cli(shell, collector, llm, tmp_pat
     shell.user_ns["HOME"] = str(tmp_path)
     cell = """%%clacky
 from claude_agent_sdk import ClaudeAgentOptions, query
-env = {"ANTHROPIC_BASE_URL": URL, "ANTHROPIC_API_KEY": "x", "HOME": HOME, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+env = {"ANTHROPIC_BASE_URL": URL, "ANTHROPIC_API_KEY": "x", "HOME": HOME}
+env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] = "1"
 options = ClaudeAgentOptions(model="claude-sonnet-4-5", max_turns=5, env=env, cwd=HOME)
 messages = [m async for m in query(prompt="hi", options=options)]
 messages
