@@ -294,7 +294,7 @@ def _claude_message(obj: Any) -> str:
         return "result"
     if _has(obj, "parent_tool_use_id") and _has(obj, "content") and _text(_get(obj, "model")):
         return "model"
-    if _get(obj, "subtype") == "init" and _text(_get(_get(obj, "data"), "model")):
+    if _text(_get(obj, "subtype")) == "init" and _text(_get(_get(obj, "data"), "model")):
         return "model"
     return ""
 
@@ -339,7 +339,7 @@ def _pydantic_ai(result: Any) -> Run:
     messages = _get(result, "all_messages")
     messages = messages() if callable(messages) else None
     if isinstance(messages, list):
-        responses = [m for m in messages[-MAX_ITEMS:] if _get(m, "kind") == "response"]
+        responses = [m for m in messages[-MAX_ITEMS:] if _text(_get(m, "kind")) == "response"]
         if responses and len(responses) == run.requests:
             run.hits = sum(1 for m in responses if _count(_path(m, "usage", "cache_read_tokens")))
         if responses:
@@ -361,7 +361,7 @@ def _steps(result: Any) -> Run:
     _aggregate(run, requests)
     if isinstance(steps, list):  # smolagents keeps each step's raw provider response
         run.model = next((m for m in map(_step_model, reversed(steps[-MAX_ITEMS:])) if m), None)
-    if _get(result, "state") == "max_steps_error":
+    if _text(_get(result, "state")) == "max_steps_error":
         run.status, run.error_kind = "error", "max_steps_error"
     return run
 
@@ -374,7 +374,7 @@ def _langchain(message: Any) -> Run | None:
     """A LangChain ``AIMessage``: ``usage_metadata`` and ``response_metadata``; None for other messages."""
     usage = _get(message, "usage_metadata")
     meta = _get(message, "response_metadata")
-    if usage is None and _get(message, "type") != "ai":
+    if usage is None and _text(_get(message, "type")) != "ai":
         return None
     run = Run()
     _one_request(run, _tokens(usage, run))
@@ -388,7 +388,8 @@ def _response(result: Any) -> Run:
     run = Run()
     usage = _first(_get(result, "usage"), _get(result, "usage_metadata"))
     said = _tokens(usage, run)
-    if _get(result, "object") == "chat.completion.chunk" and not said:
+    kind = _text(_get(result, "object"))  # strings only: a user's __eq__ is never called
+    if kind == "chat.completion.chunk" and not said:
         said = None  # a stream's chunk without usage: no request counted, the usage chunk counts it
     else:
         _one_request(run, said)
@@ -398,8 +399,8 @@ def _response(result: Any) -> Run:
     run.cost = _money(_get(hidden, "response_cost"))
     run.cost_source = "api" if run.cost is not None else None
     run.guess = _library(result)
-    status = _get(result, "status")
-    if _get(result, "object") == "response" and status in ("failed", "incomplete"):
+    status = _text(_get(result, "status"))
+    if kind == "response" and status in ("failed", "incomplete"):
         code = _text(_path(result, "error", "code")) or _text(_path(result, "incomplete_details", "reason"))
         run.status = "error"
         run.error_kind = code if code and _KIND.fullmatch(code) else f"response_{status}"

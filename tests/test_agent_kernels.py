@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import subprocess_env
-from test_agent_sdks import ANTHROPIC, OPENAI, check, need, times
+from test_agent_sdks import ANTHROPIC, LANGGRAPH_AGENT, OPENAI, OPENAI_AGENT, check, need, times
 from test_cell_magic import Kernel
 
 from clacky_ipy.collector import Collector
@@ -47,40 +47,12 @@ await client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=
     ),
     "openai-agents": (
         ("agents", "openai"),
-        """%%clacky
-import openai
-from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool
-
-@function_tool
-def weather() -> str:
-    "The weather."
-    return "sunny"
-
-client = openai.AsyncOpenAI(base_url=OPENAI_URL, api_key="x")
-model = OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=client)
-await Runner.run(Agent(name="a", model=model, tools=[weather]), "hi")
-""",
+        OPENAI_AGENT + 'await Runner.run(Agent(name="a", model=model, tools=[weather]), "hi")\n',
         times(2, OPENAI),
     ),
     "langgraph": (
         ("langgraph", "langchain_anthropic"),
-        """%%clacky
-import warnings
-from langchain_anthropic import ChatAnthropic
-from langchain_core.tools import tool
-from langgraph.prebuilt import create_react_agent
-
-@tool
-def weather() -> str:
-    "The weather."
-    return "sunny"
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    agent = create_react_agent(ChatAnthropic(model="claude-sonnet-4-5", base_url=URL, api_key="x"), [weather])
-state = await agent.ainvoke({"messages": [("user", "hi")]})
-state
-""",
+        LANGGRAPH_AGENT + 'state = await agent.ainvoke({"messages": [("user", "hi")]})\nstate\n',
         times(2, ANTHROPIC),
     ),
 }

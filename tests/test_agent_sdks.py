@@ -153,6 +153,37 @@ def check(row, expected):
     assert row["duration_ms"] >= 0
 
 
+#: An openai-agents agent with one tool (two requests), set up in a %%clacky cell; the run follows.
+OPENAI_AGENT = """%%clacky
+import openai
+from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool
+
+@function_tool
+def weather() -> str:
+    "The weather."
+    return "sunny"
+
+client = openai.AsyncOpenAI(base_url=OPENAI_URL, api_key="x")
+model = OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=client)
+"""
+
+#: A LangGraph ReAct agent on ChatAnthropic with one tool (two requests); the invocation follows.
+LANGGRAPH_AGENT = """%%clacky
+import warnings
+from langchain_anthropic import ChatAnthropic
+from langchain_core.tools import tool
+from langgraph.prebuilt import create_react_agent
+
+@tool
+def weather() -> str:
+    "The weather."
+    return "sunny"
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # create_react_agent moved to langchain.agents, not installed here
+    agent = create_react_agent(ChatAnthropic(model="claude-sonnet-4-5", base_url=URL, api_key="x"), [weather])
+"""
+
 ANTHROPIC_CALL = """%%clacky
 import anthropic
 client = anthropic.Anthropic(base_url=URL, api_key="x")
@@ -224,19 +255,7 @@ openai.OpenAI(base_url=OPENAI_URL, api_key="x").responses.create(model="fail-mod
     ),
     "openai-agents": (
         ("agents", "openai"),
-        """%%clacky
-import openai
-from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool
-
-@function_tool
-def weather() -> str:
-    "The weather."
-    return "sunny"
-
-client = openai.AsyncOpenAI(base_url=OPENAI_URL, api_key="x")
-model = OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=client)
-Runner.run_sync(Agent(name="a", model=model, tools=[weather]), "hi")
-""",
+        OPENAI_AGENT + 'Runner.run_sync(Agent(name="a", model=model, tools=[weather]), "hi")\n',
         times(2, OPENAI),
     ),
     "openai-agents responses model": (
@@ -268,22 +287,7 @@ ChatOpenAI(model="gpt-4o-mini", base_url=OPENAI_URL, api_key="x").invoke("hi")
     ),
     "langgraph agent state": (
         ("langgraph", "langchain_anthropic"),
-        """%%clacky
-import warnings
-from langchain_anthropic import ChatAnthropic
-from langchain_core.tools import tool
-from langgraph.prebuilt import create_react_agent
-
-@tool
-def weather() -> str:
-    "The weather."
-    return "sunny"
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # create_react_agent moved to langchain.agents, not installed here
-    agent = create_react_agent(ChatAnthropic(model="claude-sonnet-4-5", base_url=URL, api_key="x"), [weather])
-agent.invoke({"messages": [("user", "hi")]})
-""",
+        LANGGRAPH_AGENT + 'agent.invoke({"messages": [("user", "hi")]})\n',
         times(2, ANTHROPIC),
     ),
     "pydantic-ai": (

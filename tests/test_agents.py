@@ -257,6 +257,29 @@ class Boom(BaseException):
     pass
 
 
+class Ambiguous:
+    """Like a numpy array or a pandas Series: == gives an object whose truth raises."""
+
+    def __eq__(self, other):
+        return self
+
+    def __bool__(self):
+        raise ValueError("ambiguous")
+
+    __hash__ = object.__hash__
+
+
+def test_values_compared_as_strings_only_keep_the_rest_readable():
+    class Response:
+        object = Ambiguous()
+        status = Ambiguous()
+        model = "gpt-4o-mini"
+        usage = {"prompt_tokens": 10, "completion_tokens": 2}
+
+    out = metrics(Response())
+    assert (out["model"], out["prompt_tokens"], out["completion_tokens"]) == ("gpt-4o-mini", 10, 2)
+
+
 NAMES = [
     "usage", "model", "input_tokens", "output_tokens", "prompt_tokens", "completion_tokens", "cache_read_input_tokens",
     "cache_creation_input_tokens", "cache_creation", "prompt_tokens_details", "input_tokens_details", "cached_tokens",
@@ -277,6 +300,7 @@ leaves = st.one_of(
     st.text(max_size=80),
     st.sampled_from(["chat.completion", "chat.completion.chunk", "response", "failed", "init", "ai", "response"]),
     st.builds(Raises),
+    st.builds(Ambiguous),
 )
 
 
