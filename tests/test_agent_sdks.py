@@ -376,7 +376,7 @@ def test_track_adds_each_call_and_sums_them(shell, collector, llm):
     run(shell, "import clacky_ipy, openai\nclient = openai.OpenAI(base_url=OPENAI_URL, api_key='x')")
     cell = """
 with clacky_ipy.track() as t:
-    for _ in range(3):
+    for call in range(3):  # not `_`: assigning it stops IPython updating `_` in this shared shell
         t.add(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]))
     t.add(client.responses.create(model="gpt-4o", input="hi"))
 """
