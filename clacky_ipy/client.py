@@ -619,7 +619,11 @@ class Tracker:
 
 @contextmanager
 def track(model: str | None = None, provider: str | None = None) -> Iterator[Tracker]:
-    """Time a block and send one task event (trigger ``api``); exceptions pass through."""
+    """Time a block and send one task event (trigger ``api``); exceptions pass through.
+
+    ``t.add(result)`` each SDK call's result (summed: tokens, requests, cost; the last
+    model), or set ``t.result``; `model` and `provider` fill what the results lack.
+    """
     tracker = Tracker()
     start = time.perf_counter()
     error: BaseException | None = None

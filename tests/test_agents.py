@@ -6,14 +6,13 @@ from __future__ import annotations
 import decimal
 import json
 import subprocess
-import sys
 import threading
 
 import pytest
 from conftest import PYTHON, load, run, subprocess_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_agent_sdks import ANTHROPIC, PRICES, installed, needs_prices, unpriced
+from test_agent_sdks import ANTHROPIC, installed, needs_prices
 
 import clacky_ipy
 from clacky_ipy import agents, payload
@@ -419,7 +418,3 @@ def test_cost_is_estimated_with_the_users_model_when_the_result_has_none():
     message.usage = usage
     out = metrics(message, model="gpt-4o-mini", provider="openai")
     assert out["cost_source"] == "price" and out["cost_usd"] == pytest.approx((1000 * 0.15 + 50 * 0.6) / 1e6)
-
-
-def test_unpriced_helper_matches_the_environment():
-    assert ("cost_usd" in unpriced({"cost_usd": 1, "cost_source": "price"})) is PRICES or sys.version_info < (3, 11)
