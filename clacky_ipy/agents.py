@@ -35,6 +35,9 @@ _LIBRARY_PROVIDER = {
     "google": "google",
 }
 
+#: Packages whose results with a usage are one LLM call's response (not an agent run's).
+_RESPONSE_LIBRARIES = ("anthropic.", "openai.", "mistralai.", "google.genai.")
+
 #: claude-agent-sdk's ``model_usage[m]["provider"]`` words that mean Anthropic's own API.
 _FIRST_PARTY = ("firstparty", "anthropic")
 
@@ -85,7 +88,7 @@ def _stop(error: BaseException) -> None:
 def _has(obj: Any, name: str) -> bool:
     """Whether `obj` has the key (a mapping) or attribute `name`; never raises."""
     try:
-        if isinstance(obj, Mapping):
+        if type(obj) is dict or isinstance(obj, Mapping):  # a dict first: the ABC check costs more
             return name in obj
         return getattr(obj, name, _MISSING) is not _MISSING
     except BaseException as exc:
@@ -98,7 +101,7 @@ def _get(obj: Any, name: str) -> Any:
     if obj is None:
         return None
     try:
-        if isinstance(obj, Mapping):
+        if type(obj) is dict or isinstance(obj, Mapping):
             return obj.get(name)
         return getattr(obj, name, None)
     except BaseException as exc:
@@ -171,6 +174,17 @@ def _library(obj: Any) -> str | None:
     except BaseException as exc:
         _stop(exc)
         return None
+
+
+def _an_llm_response(obj: Any) -> bool:
+    """An LLM client library's response object: read as one call, without probing every other shape
+    first (each missing attribute a pydantic model is asked for raises and catches an AttributeError)."""
+    try:
+        module = type(obj).__module__
+        return isinstance(module, str) and str.startswith(module, _RESPONSE_LIBRARIES)
+    except BaseException as exc:
+        _stop(exc)
+        return False
 
 
 # -- tokens -------------------------------------------------------------------------------
@@ -457,6 +471,8 @@ def _read(result: Any, depth: int = 0) -> list[Run]:
             return _messages(list(result[-MAX_ITEMS:]), depth)
         if isinstance(result, (str, bytes, int, float)):
             return []
+        if _an_llm_response(result) and (_has(result, "usage") or _has(result, "usage_metadata")):
+            return [_response(result)]
         if _claude_message(result) == "result":
             return [_claude(result)]
         if _has(result, "context_wrapper"):
