@@ -224,8 +224,7 @@ def _tokens(usage: Any, run: Run) -> bool:
         prompt = _count(_get(usage, "input_tokens"))
         prompt = None if prompt is None else prompt + (read or 0)
         completion = _count(_get(usage, "output_tokens"))
-        run.prompt, run.completion, run.read, run.write = prompt, completion, read, write
-        return True
+        return _said(run, prompt, completion, read, write)
     else:  # OpenAI Responses, openai-agents, LangChain, pydantic-ai, smolagents
         prompt = _count(_get(usage, "input_tokens"))
         details = _first(_get(usage, "input_tokens_details"), _get(usage, "input_token_details"))
@@ -241,8 +240,17 @@ def _tokens(usage: Any, run: Run) -> bool:
         completion = _count(_get(usage, "output_tokens"))
     if prompt is not None and write and prompt >= write:
         prompt -= write
+    return _said(run, prompt, completion, read, write)
+
+
+def _said(run: Run, prompt: Any, completion: Any, read: Any, write: Any) -> bool:
+    """Keep the counts, unless input and output are both zero or absent: no call reads nothing and
+    says nothing, so those zeros mean "not counted" (openai-agents streamed without usage reports them)."""
+    if not prompt and not completion:
+        run.write_1h = None
+        return False
     run.prompt, run.completion, run.read, run.write = prompt, completion, read, write
-    return prompt is not None or completion is not None
+    return True
 
 
 def _ephemeral(split: Any, default: Any) -> Any:

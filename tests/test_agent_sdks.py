@@ -258,6 +258,22 @@ openai.OpenAI(base_url=OPENAI_URL, api_key="x").responses.create(model="fail-mod
         OPENAI_AGENT + 'Runner.run_sync(Agent(name="a", model=model, tools=[weather]), "hi")\n',
         times(2, OPENAI),
     ),
+    "openai-agents streamed without usage": (
+        ("agents", "openai"),
+        """%%clacky
+import openai
+from agents import Agent, OpenAIChatCompletionsModel, Runner
+
+client = openai.AsyncOpenAI(base_url=OPENAI_URL, api_key="x")
+model = OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=client)
+streamed = Runner.run_streamed(Agent(name="a", model=model), "hi")
+async for event in streamed.stream_events():
+    pass
+streamed
+""",
+        # its usage says 0 tokens (the stream carried none): zeros that look real are no token keys
+        {"model": "gpt-4o-mini", "provider": "openai", "iterations": 1},
+    ),
     "openai-agents responses model": (
         ("agents", "openai"),
         """%%clacky
