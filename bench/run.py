@@ -55,6 +55,8 @@ SIZES = {
     "store_events": (10_000_000, 20_000),
     "store_devices": (5_000, 50),
     "agent_reads": (5000, 300),  # worker reads of each SDK's result
+    "lab_rounds": (20, 3),  # JupyterLab page loads per config
+    "status_calls": (200, 20),
 }
 TARGETS = {
     "cell_ratio": 1.03,
@@ -863,6 +865,58 @@ def child_agents(args: dict[str, Any]) -> dict[str, Any]:
     return {"results": out, "first_price_ms": first_price_ms}
 
 
+def child_jupyterlab(args: dict[str, Any]) -> dict[str, Any]:
+    """JupyterLab's page load with and without clacky-ipy's extensions, in interleaved rounds (one
+    server each, the browser's cache warm for all), a second server without them as the A/A
+    control, and the status endpoint's time. The notice was answered: the steady state."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from jupyterapp import CHROMIUM_ARGS, JupyterApp  # a real server in temporary directories
+    from playwright.sync_api import sync_playwright
+
+    from clacky_ipy import notice
+
+    work = Path(args["work"])
+    apps = {
+        "with": JupyterApp(work / "with"),
+        "without": JupyterApp(work / "without", serverext=False, labextension=False),
+        "without again": JupyterApp(work / "again", serverext=False, labextension=False),
+    }
+    apps["with"].clacky_home.mkdir(parents=True)
+    notice.mark_seen(apps["with"].clacky_home)
+    loads: dict[str, list[float]] = {name: [] for name in apps}
+    item: list[float] = []
+    try:
+        for app in apps.values():
+            app.start()
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=args["chromium"], args=CHROMIUM_ARGS)
+            pages = {name: browser.new_context().new_page() for name in apps}
+            names = list(apps)
+            for round_ in range(args["rounds"] + 1):
+                for name in names[round_ % 3 :] + names[: round_ % 3]:
+                    page, app = pages[name], apps[name]
+                    page.goto(f"{app.url}/lab?token={app.token}&reset", wait_until="domcontentloaded")
+                    page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
+                    ms = page.evaluate("async () => { await window.jupyterapp.restored; return performance.now(); }")
+                    if name == "with":
+                        page.locator("#clacky-telemetry-status").wait_for(state="visible", timeout=30_000)
+                        shown = page.evaluate("() => performance.now()")
+                    if round_:  # the first round warms the cache
+                        loads[name].append(ms)
+                        if name == "with":
+                            item.append(shown - ms)
+            browser.close()
+        status_ms = []
+        for _ in range(args["status_calls"]):
+            t0 = time.perf_counter()
+            apps["with"].api("clacky-telemetry/status")
+            status_ms.append((time.perf_counter() - t0) * 1000)
+    finally:
+        for app in apps.values():
+            app.stop()
+    return {"loads": loads, "item": item, "status_ms": status_ms}
+
+
 CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "cells": child_cells,
     "load": child_load,
@@ -876,6 +930,7 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "ingest": child_ingest,
     "pg_batches": child_pg_batches,
     "agents": child_agents,
+    "jupyterlab": child_jupyterlab,
 }
 
 
@@ -916,6 +971,38 @@ class Bench:
         self.rows.append({"what": what, "measured": measured, "target": target, "met": met})
         mark = {True: "met", False: "MISSED", None: "-"}[met]
         print(f"  {what:<52} {measured:<58} [{mark}]", flush=True)
+
+    def jupyterlab(self) -> None:
+        print("JupyterLab page load with and without the extension, status endpoint ...", flush=True)
+        import shutil
+
+        chromium = shutil.which("chromium")
+        try:
+            import jupyterlab  # noqa: F401
+            import playwright  # noqa: F401
+        except ImportError:
+            chromium = None
+        if chromium is None:
+            skipped = "skipped: no JupyterLab, Playwright or Chromium"
+            self.row("JupyterLab page load, with - without the extension", skipped, "<= 50 ms", None)
+            return
+        args = {"work": str(self.home("lab")), "chromium": chromium, "rounds": self.size("lab_rounds"),
+                "status_calls": self.size("status_calls")}  # fmt: skip
+        r = run_child("jupyterlab", args, {**os.environ, "PYTHONPATH": str(ROOT)}, timeout=1200)
+        self.results["jupyterlab"] = r
+        loads = r["loads"]
+        paired = [w - o for w, o in zip(loads["with"], loads["without"])]
+        control = [a - o for a, o in zip(loads["without again"], loads["without"])]
+        delta = statistics.mean(paired)
+        measured = (
+            f"{statistics.mean(loads['with']):.0f} vs {statistics.mean(loads['without']):.0f} ms: "
+            f"{delta:+.0f} ms (median {statistics.median(paired):+.0f}; A/A {statistics.mean(control):+.0f}), "
+            f"{len(paired)} rounds"
+        )
+        self.row("JupyterLab page load to app.restored, with - without", measured, "<= 50 ms", delta <= 50)
+        self.row("status-bar item visible after app.restored", f"{statistics.mean(r['item']):.0f} ms (mean)", "-", None)
+        self.row("GET /clacky-telemetry/status", f"median {statistics.median(r['status_ms']):.1f} ms, p95 "
+                 f"{sorted(r['status_ms'])[int(len(r['status_ms']) * 0.95) - 1]:.1f} ms", "-", None)  # fmt: skip
 
     # ---------------------------------------------------------------------------------------
     def cells(self) -> None:
@@ -1594,7 +1681,7 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], quick: bool) -> s
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("cells", "load", "endpoints", "drain", "latency", "burst", "collector", "report", "agents")
+SECTIONS = ("cells", "load", "endpoints", "drain", "latency", "burst", "collector", "report", "jupyterlab", "agents")
 #: Parts of a section that can also run alone (`--only ingest`).
 PARTS = ("ingest", "idle")
 

@@ -149,14 +149,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _telemetry(args: argparse.Namespace) -> int:
     """The same saved switch as ``%clacky_telemetry on|off``, from a shell; `status` without a session."""
-    from .client import Client
-    from .config import ClackyTelemetry, saved_choice_path
-    from .status import status_text
+    from .config import saved_choice_path
+    from .status import SESSION_CONFIG_NOTE, machine_status, save_choice, status_text
 
-    client = Client()  # this process's own: it sends nothing (no startup, no worker)
-    client.attach(ClackyTelemetry())
     if args.action in ("on", "off"):
-        error = client.set_user_off(args.action == "off")
+        error, reason = save_choice(args.action == "off")
         if error:
             print(f"clacky-ipy telemetry: {error}", file=sys.stderr)
             return 1
@@ -164,12 +161,11 @@ def _telemetry(args: argparse.Namespace) -> int:
         if args.action == "off":
             print(f"Telemetry is off: saved in {path}; every later IPython, Jupyter or Python session honours it.")
         else:
-            reason = client.off_reason()
             print(f"Saved choice: on ({path} removed).")
             print(f"Telemetry stays off: {reason}." if reason else "Telemetry is on.")
         return 0
-    print(status_text(client.switches(wait=5.0)))  # a one-shot command can wait for the device id
-    print("A session's configuration (c.ClackyTelemetry.enabled = False, %config) can also turn it off there.")
+    print(status_text(machine_status(wait=5.0)))  # a one-shot command can wait for the device id
+    print(SESSION_CONFIG_NOTE)
     return 0
 
 

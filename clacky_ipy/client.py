@@ -231,6 +231,16 @@ class Client:
         """Why telemetry is off right now, or None when it is on."""
         return env_off_reason() or self.switched_off
 
+    def decided_by(self) -> str | None:
+        """Which switch keeps telemetry off, by the name status gives it (`SWITCH_NAMES`), or None when on."""
+        if env_off_reason():
+            return "environment"
+        if self._policy_off:
+            return "policy file"
+        if self._config_off:
+            return "config"
+        return "saved choice" if self._home_off or self._user_off else None
+
     def set_user_off(self, off: bool) -> str | None:
         """``%clacky_telemetry on|off``: persist the choice; returns an error text if it could not be saved."""
         was_off = self.off_reason()
@@ -542,6 +552,7 @@ class Client:
         return {
             "on": self.off_reason() is None,
             "off_reason": self.off_reason(),
+            "decided_by": self.decided_by(),
             "saved_choice": None if path is None else str(path),
             "saved_off": self._user_off,
             "endpoint": config.endpoint,

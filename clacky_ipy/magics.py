@@ -32,6 +32,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
+from . import logcomm
 from .client import CLIENT, INTERRUPTED, LOG_SIZE
 from .config import ClackyTelemetry, saved_choice_path
 from .identity import detect_frontend
@@ -528,6 +529,7 @@ def load(shell: Any) -> None:
         magics.show_notice()  # loaded from a cell: tell the user in it
     CLIENT.listen(magics.sync_hooks)
     magics.sync_hooks()
+    logcomm.register(shell)
 
 
 def unload(shell: Any) -> None:
@@ -536,6 +538,7 @@ def unload(shell: Any) -> None:
     if magics is None:
         return
     CLIENT.unlisten(magics.sync_hooks)
+    logcomm.unregister(shell)
     completer = getattr(shell, "Completer", None)
     if completer is not None and magics.matcher in completer.custom_matchers:
         completer.custom_matchers.remove(magics.matcher)

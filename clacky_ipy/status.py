@@ -1,7 +1,9 @@
-"""What ``%clacky_telemetry status`` and ``clacky-ipy telemetry status`` print.
+"""What ``%clacky_telemetry status``, ``clacky-ipy telemetry status`` and the Jupyter server show.
 
-One rendering for both, so the shell command and the magic never disagree about
-which switch decided, where the saved choice lives, or what the device id is.
+One rendering for all, so the shell command, the magic and JupyterLab's status-bar item never
+disagree about which switch decided, where the saved choice lives, or what the device id is.
+`machine_status` and `save_choice` are the shell command's state and switch, as data: the
+Jupyter server extension answers with them, not with a copy.
 """
 
 from __future__ import annotations
@@ -22,6 +24,17 @@ DEVICE_ID_COMPUTED = (
 DEVICE_ID_STORED = (
     "pseudonymous: stored by the openclacky gem in {path}, which derives it the same way (SHA-256 of "
     '"{{hostname}}:{{user}}:{{platform}}"); shared with the gem so a machine counts once'
+)
+
+
+#: The switches status names as having decided, in order of precedence (`Client.decided_by`).
+SWITCH_NAMES = ("environment", "policy file", "config", "saved choice")
+#: The ones nothing can override: a switch in a UI is refused while one of them decides.
+FORCED = ("environment", "policy file")
+
+#: What the machine-wide status cannot see: the configuration of each session.
+SESSION_CONFIG_NOTE = (
+    "A session's configuration (c.ClackyTelemetry.enabled = False, %config) can also turn it off there."
 )
 
 
@@ -70,3 +83,29 @@ def status_text(status: Mapping[str, Any]) -> str:
     if status["last_error"]:
         lines.append(f"Last error:   {status['last_error']}")
     return mask_credentials("\n".join(lines))
+
+
+def _shell_client() -> Any:
+    """A client of this process's own, attached to the default configuration: it sends nothing
+    (no startup, no worker), it only reads the switches as a new session would."""
+    from .client import Client
+    from .config import ClackyTelemetry
+
+    client = Client()
+    client.attach(ClackyTelemetry())
+    return client
+
+
+def machine_status(wait: float = 5.0) -> dict[str, Any]:
+    """What ``clacky-ipy telemetry status`` shows, as data: `Client.switches` as a new session on
+    this machine would see them (environment, policy files, saved choice, the notice's marker),
+    waiting at most `wait` seconds for the device id."""
+    return _shell_client().switches(wait=wait)
+
+
+def save_choice(off: bool) -> tuple[str | None, str | None]:
+    """``clacky-ipy telemetry off|on``: the saved choice, written. Returns (why it could not be
+    saved, or None; why telemetry is still off afterwards, or None)."""
+    client = _shell_client()
+    error = client.set_user_off(off)
+    return error, client.off_reason()
