@@ -54,6 +54,7 @@ SIZES = {
     "idle_connections": (2000, 200),
     "store_events": (10_000_000, 20_000),
     "store_devices": (5_000, 50),
+    "agent_reads": (5000, 300),  # worker reads of each SDK's result
     "lab_rounds": (20, 3),  # JupyterLab page loads per config
     "status_calls": (200, 20),
     "reach_devices": (1_000_000, 2_000),  # distinct devices, two events each, through the store's API
@@ -731,6 +732,140 @@ def child_pg_batches(args: dict[str, Any]) -> dict[str, Any]:
     return {"events": n // size * size, "seconds": seconds}
 
 
+def _agent_results(llm: Any) -> dict[str, Any]:
+    """One real result of each installed SDK, from a real call to the fake LLM server (name -> result)."""
+    os.environ["OPENAI_AGENTS_DISABLE_TRACING"] = "1"
+    hi = [{"role": "user", "content": "hi"}]
+
+    def anthropic_message() -> Any:
+        import anthropic
+
+        client = anthropic.Anthropic(base_url=llm.url, api_key="x")
+        return client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=hi)
+
+    def openai_chat() -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=llm.openai_url, api_key="x").chat.completions.create(
+            model="gpt-4o-mini", messages=hi
+        )
+
+    def openai_responses() -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=llm.openai_url, api_key="x").responses.create(model="gpt-4o-mini", input="hi")
+
+    def openai_agents() -> Any:
+        import openai
+        from agents import Agent, OpenAIChatCompletionsModel, Runner
+
+        client = openai.AsyncOpenAI(base_url=llm.openai_url, api_key="x")
+        return Runner.run_sync(
+            Agent(name="a", model=OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=client)), "hi"
+        )
+
+    def langgraph_state() -> Any:
+        import warnings
+
+        from langchain_anthropic import ChatAnthropic
+        from langchain_core.tools import tool
+        from langgraph.prebuilt import create_react_agent
+
+        @tool
+        def weather() -> str:
+            """The weather."""
+            return "sunny"
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            agent = create_react_agent(
+                ChatAnthropic(model="claude-sonnet-4-5", base_url=llm.url, api_key="x"), [weather]
+            )
+        return agent.invoke({"messages": [("user", "hi")]})
+
+    def pydantic_ai() -> Any:
+        from pydantic_ai import Agent
+        from pydantic_ai.models.openai import OpenAIChatModel
+        from pydantic_ai.providers.openai import OpenAIProvider
+
+        provider = OpenAIProvider(base_url=llm.openai_url, api_key="x")
+        return Agent(OpenAIChatModel("gpt-4o-mini", provider=provider)).run_sync("hi")
+
+    def gemini() -> Any:
+        from google import genai
+        from google.genai import types
+
+        client = genai.Client(api_key="x", http_options=types.HttpOptions(base_url=llm.url))
+        return client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+
+    def mistral() -> Any:
+        from mistralai.client import Mistral
+
+        return Mistral(api_key="x", server_url=llm.url).chat.complete(model="mistral-small-latest", messages=hi)
+
+    def claude_result() -> Any:
+        from claude_agent_sdk import AssistantMessage, ResultMessage, TextBlock
+
+        usage = {"input_tokens": 120, "output_tokens": 30, "cache_read_input_tokens": 800}
+        usage["cache_creation_input_tokens"] = 200
+        assistant = AssistantMessage(content=[TextBlock(text="Done.")], model="claude-sonnet-4-5", usage=usage)
+        per_model = {"claude-sonnet-4-5": {"costUSD": 0.01, "provider": "firstParty"}}
+        result = ResultMessage(subtype="success", duration_ms=1, duration_api_ms=1, is_error=False, num_turns=1,
+                               session_id="s", total_cost_usd=0.01, usage=usage, model_usage=per_model)  # fmt: skip
+        return [assistant, result]
+
+    builders = {
+        "gem-shaped mapping": lambda: {"model": "m", "cache_stats": {"prompt_tokens": 10, "completion_tokens": 2}},
+        "anthropic Message": anthropic_message,
+        "openai ChatCompletion": openai_chat,
+        "openai Responses": openai_responses,
+        "openai-agents RunResult": openai_agents,
+        "claude-agent-sdk messages": claude_result,
+        "LangGraph state (2 AI messages)": langgraph_state,
+        "pydantic-ai AgentRunResult": pydantic_ai,
+        "google-genai response": gemini,
+        "mistralai response": mistral,
+    }
+    results = {}
+    for name, build in builders.items():
+        try:
+            results[name] = build()
+        except ImportError:
+            pass  # that SDK is not installed here
+    return results
+
+
+def child_agents(args: dict[str, Any]) -> dict[str, Any]:
+    """The worker's time to turn each SDK's result into the task event (`Client.task_fields`), in µs."""
+    from clacky_ipy import agents
+    from clacky_ipy.client import Client
+    from clacky_ipy.fakellm import FakeLLM
+
+    n = args["reads"]
+    tokens = agents.Run()
+    tokens.prompt, tokens.completion = 100, 10
+    t0 = time.perf_counter()
+    agents.estimate("gpt-4o-mini", "openai", tokens)  # before any SDK (pydantic-ai imports genai-prices too)
+    first_price_ms = (time.perf_counter() - t0) * 1000  # genai-prices' import and table load, once per process
+    with FakeLLM() as llm:
+        results = _agent_results(llm)
+    fill = {"model": None, "provider": None}
+    out: dict[str, Any] = {}
+    for name, result in results.items():
+        timings: dict[str, float] = {}
+        for label in ("read", "priced"):
+            agents._PRICES = False if label == "read" else None  # False: as without the `prices` extra
+            Client.task_fields(("magic", None, 5, result, fill, None))  # warm
+            samples = []
+            for _ in range(n):
+                t = time.perf_counter_ns()
+                Client.task_fields(("magic", None, 5, result, fill, None))
+                samples.append(time.perf_counter_ns() - t)
+            timings[label] = median_us(samples)
+        out[name] = timings
+    return {"results": out, "first_price_ms": first_price_ms}
+
+
 def child_jupyterlab(args: dict[str, Any]) -> dict[str, Any]:
     """JupyterLab's page load with and without clacky-ipy's extensions, in interleaved rounds (one
     server each, the browser's cache warm for all), a second server without them as the A/A
@@ -795,6 +930,7 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "burst": child_burst,
     "ingest": child_ingest,
     "pg_batches": child_pg_batches,
+    "agents": child_agents,
     "jupyterlab": child_jupyterlab,
 }
 
@@ -1266,6 +1402,23 @@ class Bench:
             )
 
     # ---------------------------------------------------------------------------------------
+    def agents(self) -> None:
+        """The worker's time to read each SDK's result (real results of real calls to the fake LLM server)."""
+        print("agent results: the worker's time to build a task event from each SDK's result ...", flush=True)
+        r = run_child(
+            "agents", {"reads": self.size("agent_reads")}, child_env(self.home("agents"), "http://127.0.0.1:9")
+        )
+        self.results["agent_reads"] = r
+        for name, t in r["results"].items():
+            measured = f"{t['read']:.1f} µs; {t['priced']:.1f} µs with the price estimate"
+            self.row(f"worker reads: {name}", measured, "report it (worker thread)", None)
+        self.row(
+            "genai-prices' first estimate in a process",
+            f"{r['first_price_ms']:.0f} ms (import, table)",
+            "report it (worker thread)",
+            None,
+        )
+
     def report(self) -> None:
         """Reports from rollups at ten million events beside today's code, rebuild, PostgreSQL."""
         n, devices, days = self.size("store_events"), self.size("store_devices"), 90
@@ -1599,7 +1752,19 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], quick: bool) -> s
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("cells", "load", "endpoints", "drain", "latency", "burst", "collector", "report", "devices", "jupyterlab")
+SECTIONS = (
+    "cells",
+    "load",
+    "endpoints",
+    "drain",
+    "latency",
+    "burst",
+    "collector",
+    "report",
+    "devices",
+    "jupyterlab",
+    "agents",
+)
 #: Parts of a section that can also run alone (`--only ingest`).
 PARTS = ("ingest", "idle")
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from . import notice, payload
+from . import agents, notice, payload
 from .config import (
     ClackyTelemetry,
     env_off_reason,
@@ -442,7 +442,7 @@ class Client:
         trigger, error, measured, result, fields, info = data
         if info is not None and is_extension_cell(getattr(info, "raw_cell", None)):
             return None
-        event = {**fields, **payload.task_metrics(result)} if fields else payload.task_metrics(result)
+        event = agents.task_metrics(result, fields)
         event["trigger"] = trigger
         event["status"] = payload.status_of(error, event.get("status"))
         if event["status"] != "error":
@@ -670,7 +670,7 @@ def startup() -> bool:
 
 
 def task(result: Any = None, **fields: Any) -> bool:
-    """Send a task event (trigger ``api``) with the metrics of the agent's `result` mapping.
+    """Send a task event (trigger ``api``) with the metrics of the agent's `result` (any SDK's, see `agents`).
 
     Keyword fields are payload keys (``model=``, ``provider=``, ``status=``,
     ``duration_ms=`` ...) that fill what the result lacks; unknown keys are
@@ -686,14 +686,32 @@ def task(result: Any = None, **fields: Any) -> bool:
 
 
 class Tracker:
-    """What `track()` yields: set `result` to attach the agent's metrics."""
+    """What `track()` yields: `add()` each agent or LLM result (summed), or set `result`."""
 
     result: Any = None
+
+    def __init__(self) -> None:
+        self._added: list[Any] = []
+
+    def add(self, result: Any) -> Any:
+        """Count one more result (any SDK's, see `agents`): read on the worker, summed; returns `result`."""
+        self._added.append(result)
+        return result
+
+    def results(self) -> Any:
+        """What the event is built from: `result`, and every result added, as one `agents.Runs`."""
+        if not self._added:
+            return self.result
+        return agents.Runs([*self._added, self.result] if self.result is not None else self._added)
 
 
 @contextmanager
 def track(model: str | None = None, provider: str | None = None) -> Iterator[Tracker]:
-    """Time a block and send one task event (trigger ``api``); exceptions pass through."""
+    """Time a block and send one task event (trigger ``api``); exceptions pass through.
+
+    ``t.add(result)`` each SDK call's result (summed: tokens, requests, cost; the last
+    model), or set ``t.result``; `model` and `provider` fill what the results lack.
+    """
     tracker = Tracker()
     start = time.perf_counter()
     error: BaseException | None = None
@@ -705,7 +723,7 @@ def track(model: str | None = None, provider: str | None = None) -> Iterator[Tra
     finally:
         try:
             duration = round((time.perf_counter() - start) * 1000)
-            CLIENT.task("api", error, duration, tracker.result, {"model": model, "provider": provider})
+            CLIENT.task("api", error, duration, tracker.results(), {"model": model, "provider": provider})
         except Exception:
             pass
 

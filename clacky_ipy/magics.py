@@ -446,7 +446,8 @@ class ClackyMagics(Magics):
         of its last expression, a trailing ``;`` and tracebacks behave as in any
         cell, and when it fails the cell fails. The agent's metrics come from the
         variable NAME in the user namespace (``--result``), else from the value
-        of the last expression when it is a mapping shaped like the gem's
+        of the last expression: an agent or LLM SDK's result (a list of them is
+        summed; see `clacky_ipy.agents`) or a mapping shaped like the gem's
         ``Agent#run`` result. ``--model`` / ``--provider`` fill those keys when
         the result lacks them.
 
@@ -525,7 +526,7 @@ class ClackyMagics(Magics):
 
     def _agent_result(self, name: str | None, last_value: Any) -> Any:
         if not name:
-            return last_value  # task_metrics reads it only when it is a Mapping
+            return last_value  # read by shape on the worker (agents.task_metrics)
         name = _unquote(name)
         if name not in self.shell.user_ns:
             print(f"clacky_ipy: --result {name}: no such variable; sent without agent metrics", file=sys.stderr)
