@@ -35,9 +35,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import payload
+
+#: A query inside `locked`: ``query(sql, params)`` -> its rows (none for a statement).
+Query = Callable[..., list]
 
 #: Summed per rollup row, next to the event count (tokens and requests are counts too).
 SUMS = payload.AMOUNTS
@@ -262,6 +265,37 @@ class Store:
         with self._lock:
             self.engine.close()
 
+    def probe(self) -> Probe:
+        """A `Probe` of this database on a connection of its own."""
+        return Probe(self.engine.sibling())
+
+
+class Probe:
+    """Readiness: a trivial query on a connection of its own, never the writer's (nor its lock)."""
+
+    def __init__(self, engine: _Engine) -> None:
+        self.engine = engine
+        self._connected = False
+
+    def check(self) -> None:
+        """Return once the database answered; `StoreError` (one line) when it cannot."""
+        try:
+            if not self._connected:
+                self.engine.connect(False)
+                self._connected = True
+            self.engine.read("SELECT COUNT(*) FROM meta", ())
+        except Exception as exc:
+            self.close()
+            raise exc if isinstance(exc, StoreError) else StoreError(_one_line(exc)) from None
+
+    def close(self) -> None:
+        if self._connected:
+            self._connected = False
+            try:
+                self.engine.close()
+            except Exception:
+                pass
+
 
 def _rollups(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[tuple, list[Any]]]:
     """The batch's contribution to each rollup table, merged per key (one upsert per key)."""
@@ -354,6 +388,18 @@ class _Engine:
     def write(self, statements: list[tuple[str, list]], doing: str) -> None:
         raise NotImplementedError
 
+    def locked(self, work: Callable[[Query], Any]) -> Any:
+        """`work(query)` in one write transaction during which no collector writes (they wait)."""
+        raise NotImplementedError
+
+    def scratch(self, statements: list[tuple[str, list]]) -> None:
+        """Statements that read events and write temporary tables only: collectors go on writing."""
+        raise NotImplementedError
+
+    def sibling(self) -> _Engine:
+        """A new, unconnected engine for the same database."""
+        raise NotImplementedError
+
     # -- schema --------------------------------------------------------------------------------
     def prepare(self, create: bool, migrate: bool) -> None:
         """Check the database is ours (and current), and with `create` make what is missing."""
@@ -416,20 +462,36 @@ class _Engine:
             )
 
     def rebuild_statements(self) -> list[tuple[str, list]]:
-        """Every rollup from the raw events: two passes group the raw rows, the rest group those."""
+        """Every rollup made again from the raw events, in tables made anew."""
+        out: list[tuple[str, list]] = [(f"DROP TABLE IF EXISTS {table}", []) for table in ROLLUP_TABLES]
+        out += [(f"CREATE TABLE {t} ({d}){self.table_suffix}", []) for t, d in ROLLUP_TABLES.items()]
+        out += self.rollup_statements()
+        out += [(f"DROP INDEX IF EXISTS {name}", []) for name in OLD_INDEXES]
+        out.append(
+            (
+                "INSERT INTO meta (key, value) VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
+                [[SCHEMA, SCHEMA]],
+            )
+        )
+        return out
+
+    def rollup_statements(self, where: str = "1 = 1", prefix: str = "") -> list[tuple[str, list]]:
+        """Every rollup's rows from the raw events matching `where`, inserted into the (existing)
+        tables named `prefix` + the rollup's name: two passes group the raw rows, the rest group those.
+
+        `rebuild` fills the rollups from every event; `forget` recomputes some days from what remains.
+        """
         total = self.sum_function
         ci = CI_SQL
         dims = sorted({d for names in DIMS.values() for d in names})
         sums = ", ".join(f"COALESCE({total}({c}), 0) AS {c}" for c in SUMS)
-        out: list[tuple[str, list]] = [(f"DROP TABLE IF EXISTS {table}", []) for table in ROLLUP_TABLES]
-        out += [(f"CREATE TABLE {t} ({d}){self.table_suffix}", []) for t, d in ROLLUP_TABLES.items()]
-        out += [(f"DROP TABLE IF EXISTS {t}", []) for t in ("rebuild_groups", "rebuild_devices")]
+        out: list[tuple[str, list]] = [(f"DROP TABLE IF EXISTS {t}", []) for t in ("rebuild_groups", "rebuild_devices")]
         out.append(
             (
                 f"CREATE TEMPORARY TABLE rebuild_groups AS SELECT {DAY_SQL} AS day, kind, {ci} AS ci, "
                 + ", ".join(f"COALESCE({d}, '') AS {d}" for d in dims)
                 + f", COUNT(*) AS events, COUNT(cost_usd) AS cost_n, {sums} FROM events "
-                f"GROUP BY {DAY_SQL}, kind, {ci}, " + ", ".join(f"COALESCE({d}, '')" for d in dims),
+                f"WHERE {where} GROUP BY {DAY_SQL}, kind, {ci}, " + ", ".join(f"COALESCE({d}, '')" for d in dims),
                 [],
             )
         )
@@ -437,7 +499,7 @@ class _Engine:
         columns = ", ".join(_COLUMNS["rollup_daily"])
         out.append(
             (
-                f"INSERT INTO rollup_daily ({columns}) SELECT day, kind, ci, 'all', '', {regroup} "
+                f"INSERT INTO {prefix}rollup_daily ({columns}) SELECT day, kind, ci, 'all', '', {regroup} "
                 "FROM rebuild_groups GROUP BY day, kind, ci",
                 [],
             )
@@ -446,7 +508,7 @@ class _Engine:
             for dim in names:
                 out.append(
                     (
-                        f"INSERT INTO rollup_daily ({columns}) SELECT day, kind, ci, '{dim}', {dim}, {regroup} "
+                        f"INSERT INTO {prefix}rollup_daily ({columns}) SELECT day, kind, ci, '{dim}', {dim}, {regroup} "
                         f"FROM rebuild_groups WHERE kind = '{event}' GROUP BY day, kind, ci, {dim}",
                         [],
                     )
@@ -457,13 +519,14 @@ class _Engine:
                 "SUM(CASE WHEN kind = 'startup' THEN 1 ELSE 0 END) AS startups, "
                 "SUM(CASE WHEN kind = 'task' THEN 1 ELSE 0 END) AS tasks, "
                 "MIN(received_at) AS first_seen, MAX(received_at) AS last_seen "
-                f"FROM events WHERE device_id IS NOT NULL AND device_id <> '' GROUP BY {DAY_SQL}, device_id, {ci}",
+                f"FROM events WHERE device_id IS NOT NULL AND device_id <> '' AND {where} "
+                f"GROUP BY {DAY_SQL}, device_id, {ci}",
                 [],
             )
         )
         out.append(
             (
-                "INSERT INTO rollup_device_days (day, device_id, startups, tasks, ci_startups, ci_tasks) "
+                f"INSERT INTO {prefix}rollup_device_days (day, device_id, startups, tasks, ci_startups, ci_tasks) "
                 "SELECT day, device_id, SUM(CASE WHEN ci = 1 THEN 0 ELSE startups END), "
                 "SUM(CASE WHEN ci = 1 THEN 0 ELSE tasks END), SUM(CASE WHEN ci = 1 THEN startups ELSE 0 END), "
                 "SUM(CASE WHEN ci = 1 THEN tasks ELSE 0 END) FROM rebuild_devices GROUP BY day, device_id",
@@ -472,29 +535,22 @@ class _Engine:
         )
         out.append(
             (
-                "INSERT INTO rollup_devices (device_id, ci, first_seen, last_seen) "
+                f"INSERT INTO {prefix}rollup_devices (device_id, ci, first_seen, last_seen) "
                 "SELECT device_id, ci, MIN(first_seen), MAX(last_seen) FROM rebuild_devices GROUP BY device_id, ci",
                 [],
             )
         )
         out.append(
             (
-                "INSERT INTO rollup_durations (status, bucket, day, ci, n, lo, hi) "
+                f"INSERT INTO {prefix}rollup_durations (status, bucket, day, ci, n, lo, hi) "
                 f"SELECT COALESCE(status, ''), {self.bucket_sql}, {DAY_SQL}, {ci}, COUNT(*), "
                 "MIN(CAST(duration_ms AS DOUBLE PRECISION)), MAX(CAST(duration_ms AS DOUBLE PRECISION)) "
-                "FROM events WHERE kind = 'task' AND duration_ms IS NOT NULL "
+                f"FROM events WHERE kind = 'task' AND duration_ms IS NOT NULL AND {where} "
                 f"GROUP BY {DAY_SQL}, {ci}, COALESCE(status, ''), {self.bucket_sql}",
                 [],
             )
         )
         out += [(f"DROP TABLE {t}", []) for t in ("rebuild_groups", "rebuild_devices")]
-        out += [(f"DROP INDEX IF EXISTS {name}", []) for name in OLD_INDEXES]
-        out.append(
-            (
-                "INSERT INTO meta (key, value) VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
-                [[SCHEMA, SCHEMA]],
-            )
-        )
         return out
 
     def rebuild(self) -> int:
@@ -612,6 +668,33 @@ class _SQLite(_Engine):
         except sqlite3.Error as exc:
             raise self.error(doing, exc) from None
 
+    def locked(self, work: Callable[[Query], Any]) -> Any:
+        db = self.db
+        assert db is not None
+
+        def query(sql: str, params: Sequence[Any] = ()) -> list:
+            return db.execute(sql, list(params)).fetchall()
+
+        db.execute("BEGIN IMMEDIATE")  # SQLite's one write lock: collectors wait for the COMMIT
+        try:
+            out = work(query)
+            db.execute("COMMIT")
+            return out
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def scratch(self, statements: list[tuple[str, list]]) -> None:
+        for sql, params in statements:  # no BEGIN IMMEDIATE: only the temporary database is written
+            if params:
+                self.db.executemany(sql, params)
+            else:
+                self._run(sql)
+
+    def sibling(self) -> _Engine:
+        return _SQLite(self.file)
+
     def rebuild(self) -> int:
         try:
             return super().rebuild()
@@ -728,6 +811,25 @@ class _Postgres(_Engine):
                 time.sleep(0.01 * (attempt + 1))
             except self.psycopg.Error as exc:
                 raise self.error(doing, exc) from None
+
+    def locked(self, work: Callable[[Query], Any]) -> Any:
+        self._reconnect()
+        with self.db.transaction(), self.db.cursor() as cursor:
+            # Inserts take ROW EXCLUSIVE on events first, so none is half done while this is held.
+            cursor.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+
+            def query(sql: str, params: Sequence[Any] = ()) -> list:
+                cursor.execute(self._sql(sql), list(params))
+                return cursor.fetchall() if cursor.description else []
+
+            return work(query)
+
+    def scratch(self, statements: list[tuple[str, list]]) -> None:
+        self._reconnect()
+        self.transaction(statements)
+
+    def sibling(self) -> _Engine:
+        return _Postgres(self.url)
 
     def rebuild(self) -> int:
         # Collectors' inserts wait (they take the same table lock) rather than slip between statements.

@@ -1,0 +1,233 @@
+"""Retention and erasure: `prune` old raw events, `forget` devices, both while collectors write.
+
+Both work in short transactions (a few thousand rows each) between which collectors go on
+storing, on SQLite and PostgreSQL alike. `forget` leaves the rollups as if the forgotten
+devices had never sent anything, whatever rollups the store keeps: a rollup keyed by device
+loses that device's rows; one keyed by day has the days the devices were active computed
+again from the remaining raw events by the same SQL as ``clacky-ipy rebuild``; any other is
+computed again whole. Events stored meanwhile are merged in as ingest merges them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from . import payload
+from .store import _COLUMNS, _KEYS, DAY_SQL, ROLLUP_TABLES, UPSERT, Query, Store, StoreError, _rollups, number
+
+#: Rows read or deleted per transaction: each holds collectors for a few milliseconds only.
+BATCH = 2000
+
+
+@dataclass
+class Pruned:
+    """What `prune` removed: raw events, per-device rollup rows, and the first day kept."""
+
+    events: int
+    device_rows: int
+    kept_from: str
+    seconds: float
+
+
+@dataclass
+class Forgotten:
+    """What `forget` removed and recomputed."""
+
+    devices: int
+    events: int
+    device_rows: int
+    days: int
+    seconds: float
+
+
+def scope(table: str) -> str:
+    """How `forget` corrects a rollup: ``device`` (its rows name one device each: they go),
+    ``day`` (each row sums one day: those days are computed again), else ``all``."""
+    keys = _KEYS[table]
+    return "device" if "device_id" in keys else "day" if "day" in keys else "all"
+
+
+def cutoff(days: int, now: datetime | None = None) -> str:
+    """The first UTC day `prune` keeps: today and the `days` whole days before it stay."""
+    today = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date()
+    return (today - timedelta(days=days)).isoformat()
+
+
+def _in(values: Sequence[Any]) -> str:
+    return "(" + ", ".join("?" * len(values)) + ")"
+
+
+def _chunks(values: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def _delete_ids(store: Store, ids: Sequence[int]) -> None:
+    def work(query: Query) -> None:
+        for chunk in _chunks(ids):
+            query(f"DELETE FROM events WHERE id IN {_in(chunk)}", chunk)
+
+    store.engine.locked(work)
+
+
+def _delete_rows(store: Store, table: str, where: str, params: Sequence[Any]) -> int:
+    """Delete `table`'s rows matching `where`, a batch of keys per transaction; how many went."""
+    keys = _KEYS[table]
+    match = " AND ".join(f"{k} = ?" for k in keys)
+    removed = 0
+    while True:
+        got = store.engine.read(f"SELECT {', '.join(keys)} FROM {table} WHERE {where} LIMIT {BATCH}", list(params))
+        if not got:
+            return removed
+
+        def work(query: Query, got: list = got) -> None:
+            for row in got:
+                query(f"DELETE FROM {table} WHERE {match}", list(row))
+
+        store.engine.locked(work)
+        removed += len(got)
+
+
+def prune(db: Any, days: int, now: datetime | None = None) -> Pruned:
+    """Delete raw events received before today's date minus `days`, and the rollup rows that
+    name a device for those days (a device not seen since loses its first/last-seen row);
+    rollups without a device id stay, so the report's totals keep the whole history."""
+    start = time.perf_counter()
+    first = cutoff(days, now)
+    store = Store(db, create=False)
+    try:
+        events = last = 0
+        while True:  # read a page by id (no lock), then delete its old rows in one short transaction
+            got = store.engine.read(
+                f"SELECT id, received_at FROM events WHERE id > ? ORDER BY id LIMIT {BATCH * 5}", [last]
+            )
+            if not got:
+                break
+            last = got[-1][0]
+            old = [row[0] for row in got if row[1] < first]
+            if old:
+                _delete_ids(store, old)
+                events += len(old)
+        device_rows = 0
+        for table in ROLLUP_TABLES:
+            if "device_id" not in _KEYS[table]:
+                continue
+            columns = _COLUMNS[table]
+            if "day" in columns:
+                device_rows += _delete_rows(store, table, "day < ?", [first])
+            elif "last_seen" in columns:
+                device_rows += _delete_rows(store, table, "last_seen < ?", [first])
+        return Pruned(events, device_rows, first, time.perf_counter() - start)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise store.engine.error("could not prune", exc) from None
+    finally:
+        store.close()
+
+
+def _fence(store: Store) -> int:
+    """The highest event id such that every event up to it is committed and every later one is not yet."""
+    got = store.engine.locked(lambda query: query("SELECT MAX(id) FROM events"))
+    return int(got[0][0] or 0)
+
+
+def _fields(row: Sequence[Any]) -> tuple[str, str, dict[str, Any]]:
+    received_at, kind, *values = row
+    return received_at, kind, {k: number(v) for k, v in zip(payload.COLUMNS, values) if v is not None}
+
+
+def forget(db: Any, devices: Sequence[str]) -> Forgotten:
+    """Remove every raw event of `devices` and correct every rollup: afterwards the rollups are
+    those of a database that never had these events (see the module's docstring)."""
+    start = time.perf_counter()
+    devices = sorted(set(devices))
+    store = Store(db, create=False)
+    engine = store.engine
+    tables = {name: scope(name) for name in ROLLUP_TABLES}
+    try:
+        fence = _fence(store)
+        mine = f"device_id IN {_in(devices)}"
+        ids, days, last = [], set(), 0
+        while True:  # the devices' events up to the fence, page by page by id (reads: no lock)
+            got = engine.read(
+                f"SELECT id, {DAY_SQL} FROM events WHERE id > ? AND id <= ? AND {mine} ORDER BY id LIMIT {BATCH * 5}",
+                [last, fence, *devices],
+            )
+            if not got:
+                break
+            last = got[-1][0]
+            ids += [row[0] for row in got]
+            days.update(row[1] for row in got)
+        # The fence's own row stays until the end: SQLite gives a new row the highest id + 1, so
+        # while it is there every event stored meanwhile has an id above the fence.
+        early = [i for i in ids if i != fence]
+        for chunk in _chunks(early, BATCH):
+            _delete_ids(store, chunk)
+        days_list = sorted(days)
+        kept = f"id <= {int(fence)} AND (device_id IS NULL OR device_id NOT IN (SELECT device_id FROM forget_devices))"
+        setup = [("DROP TABLE IF EXISTS forget_devices", []), ("DROP TABLE IF EXISTS forget_days", [])]
+        setup += [("CREATE TEMPORARY TABLE forget_devices (device_id TEXT)", [])]
+        setup += [("CREATE TEMPORARY TABLE forget_days (day TEXT)", [])]
+        setup += [("INSERT INTO forget_devices (device_id) VALUES (?)", [[d] for d in devices])] if devices else []
+        setup += [("INSERT INTO forget_days (day) VALUES (?)", [[d] for d in days_list])] if days_list else []
+        engine.scratch(setup)
+        recomputed = {"day": "forget_day_", "all": "forget_all_"}
+        for kind, prefix in recomputed.items():
+            if kind not in tables.values() or (kind == "day" and not days_list):
+                continue
+            where = kept + (f" AND {DAY_SQL} IN (SELECT day FROM forget_days)" if kind == "day" else "")
+            statements = [(f"DROP TABLE IF EXISTS {prefix}{t}", []) for t in ROLLUP_TABLES]
+            statements += [(f"CREATE TEMPORARY TABLE {prefix}{t} ({d})", []) for t, d in ROLLUP_TABLES.items()]
+            engine.scratch(statements + engine.rollup_statements(where, prefix))
+
+        def replace(query: Query, kind: str, day: str | None) -> None:
+            """The recomputed rows in place of the old, plus what was stored since the fence."""
+            names = [t for t, k in tables.items() if k == kind]
+            prefix = recomputed[kind]
+            on_day = "" if day is None else f" AND {DAY_SQL} = ?"
+            rows = query(
+                f"SELECT received_at, kind, {', '.join(payload.COLUMNS)} FROM events WHERE id > ?{on_day} "
+                "AND (device_id IS NULL OR device_id NOT IN (SELECT device_id FROM forget_devices))",
+                [fence] if day is None else [fence, day],
+            )
+            later = _rollups([_fields(row) for row in rows])
+            for table in names:
+                columns = ", ".join(_COLUMNS[table])
+                where, params = ("", []) if day is None else (" WHERE day = ?", [day])
+                query(f"DELETE FROM {table}{where}", params)
+                query(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {prefix}{table}{where}", params)
+                for key, values in sorted(later.get(table, {}).items()):
+                    if day is None or key[_KEYS[table].index("day")] == day:
+                        query(UPSERT[table], [*key, *values])
+
+        for day in days_list if "day" in tables.values() else []:
+            engine.locked(lambda query, day=day: replace(query, "day", day))
+        device_rows = 0
+
+        def finish(query: Query) -> int:
+            """Last: the rest of the devices' events (the fence's, any stored since), their rows."""
+            removed = 0
+            query(f"DELETE FROM events WHERE id >= ? AND {mine}", [fence, *devices])
+            if "all" in tables.values():
+                replace(query, "all", None)
+            for table, kind in tables.items():
+                if kind == "device":
+                    removed += len(query(f"SELECT 1 FROM {table} WHERE {mine}", devices))
+                    query(f"DELETE FROM {table} WHERE {mine}", devices)
+            return removed
+
+        if devices:
+            device_rows = engine.locked(finish)
+        cleanup = [(f"DROP TABLE IF EXISTS {p}{t}", []) for p in recomputed.values() for t in ROLLUP_TABLES]
+        engine.scratch([*cleanup, ("DROP TABLE forget_devices", []), ("DROP TABLE forget_days", [])])
+        return Forgotten(len(devices), len(ids), device_rows, len(days_list), time.perf_counter() - start)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise engine.error("could not forget", exc) from None
+    finally:
+        store.close()
