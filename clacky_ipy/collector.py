@@ -491,9 +491,19 @@ def protocol_class() -> type:
 
         max_connections = MAX_CONNECTIONS
         read_timeout = READ_TIMEOUT
+        #: Whose metrics count open connections (the module's `app` under ``uvicorn --http``).
+        collector_app: App | None = None
+
+        def _gauge(self) -> Any:
+            metrics = (self.collector_app or app).metrics
+            return None if metrics is None else metrics.connections
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            gauge = self._gauge()
+            if gauge is not None:
+                gauge.inc()
+                self._counted = gauge
             self._deadline: asyncio.TimerHandle | None = None
             self._arm()
             if len(self.connections) > self.max_connections:
@@ -501,6 +511,10 @@ def protocol_class() -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            counted = getattr(self, "_counted", None)
+            if counted is not None:
+                counted.dec()
+                self._counted = None
             super().connection_lost(exc)
 
         # httptools' callbacks (h11 bounds the head itself): raising here makes the parser
@@ -594,7 +608,7 @@ def bind(host: str, port: int) -> socket.socket:
 def _uvicorn_server(application: App, verbose: bool, max_connections: int, read_timeout: float) -> Any:
     import uvicorn
 
-    limits = {"max_connections": max_connections, "read_timeout": read_timeout}
+    limits = {"max_connections": max_connections, "read_timeout": read_timeout, "collector_app": application}
     protocol = type("Protocol", (protocol_class(),), limits)
 
     class Server(uvicorn.Server):
@@ -635,6 +649,9 @@ class Collector:
         *,
         max_connections: int = MAX_CONNECTIONS,
         read_timeout: float = READ_TIMEOUT,
+        guard: Guard | None = None,
+        metrics_from: Sequence[str] | None = None,
+        retain_days: int | None = None,
     ) -> None:
         import uvicorn  # noqa: F401  # first: without the collector extra, nothing is bound or created
 
@@ -644,9 +661,14 @@ class Collector:
         except BaseException:
             self.socket.close()
             raise
-        self.app = App(store=self.store, verbose=verbose)
+        self.app = App(store=self.store, verbose=verbose, guard=guard or Guard(), metrics_from=metrics_from or LOOPBACK)
         self.server = _uvicorn_server(self.app, verbose, max_connections, read_timeout)
         self._thread: threading.Thread | None = None
+        self.retention = None
+        if retain_days is not None:
+            from .retention import Retention
+
+            self.retention = Retention(db, retain_days)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -661,12 +683,16 @@ class Collector:
 
     def serve(self) -> None:
         """Serve until `stop()`, SIGINT or SIGTERM; every acknowledged row is committed."""
+        if self.retention is not None:
+            self.retention.start()
         try:
             self.server.run(sockets=[self.socket])
         finally:
             self.app.stop()  # also after a forced exit, which skips the lifespan's shutdown
 
     def start(self) -> Collector:
+        if self.retention is not None:
+            self.retention.start()
         started = threading.Event()
         self._thread = threading.Thread(target=self._serve_in_thread, args=(started,), daemon=True)
         self._thread.start()
@@ -697,6 +723,8 @@ class Collector:
 
     def stop(self) -> None:
         self.server.should_exit = True
+        if self.retention is not None:
+            self.retention.stop()
         if self._thread is not None:
             self._thread.join()
             self._thread = None

@@ -39,7 +39,7 @@ def _b64(data: bytes) -> str:
 
 
 def _derive(password: bytes, salt: bytes, n: int, r: int, p: int, size: int) -> bytes:
-    return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=256 * 128 * r * n, dklen=size)
+    return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=min(2**31 - 1, 4 * 128 * r * n), dklen=size)
 
 
 def hash_password(password: str) -> str:

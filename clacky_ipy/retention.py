@@ -10,6 +10,8 @@ computed again whole. Events stored meanwhile are merged in as ingest merges the
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from typing import Any
 
 from . import payload
 from .store import _COLUMNS, _KEYS, DAY_SQL, ROLLUP_TABLES, UPSERT, Query, Store, StoreError, _rollups, number
+
+log = logging.getLogger("clacky_ipy.collector")
 
 #: Rows read or deleted per transaction: each holds collectors for a few milliseconds only.
 BATCH = 2000
@@ -231,3 +235,36 @@ def forget(db: Any, devices: Sequence[str]) -> Forgotten:
         raise engine.error("could not forget", exc) from None
     finally:
         store.close()
+
+
+#: Seconds between two prunes of ``collect --retain-days``.
+PRUNE_EVERY = 3600.0
+
+
+class Retention:
+    """``collect --retain-days N``: a thread that prunes at start and then hourly, on its own connection."""
+
+    def __init__(self, db: Any, days: int, every: float = PRUNE_EVERY) -> None:
+        self.db, self.days, self.every = db, days, every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last: Pruned | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="clacky-collector-retention", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.last = prune(self.db, self.days)
+            except StoreError as exc:  # a lost database: the writer says so too; try again later
+                log.error("retention: %s", exc)
+            self._stop.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
