@@ -144,97 +144,117 @@ def _fields(row: Sequence[Any]) -> tuple[str, str, dict[str, Any]]:
     return received_at, kind, {k: number(v) for k, v in zip(payload.COLUMNS, values) if v is not None}
 
 
+#: Rounds `forget` makes at most while the devices go on sending during it.
+ROUNDS = 10
+
+
 def forget(db: Any, devices: Sequence[str]) -> Forgotten:
     """Remove every raw event of `devices` and correct every rollup: afterwards the rollups are
     those of a database that never had these events (see the module's docstring)."""
     start = time.perf_counter()
     devices = sorted(set(devices))
     store = Store(db, create=False)
-    engine = store.engine
-    tables = {name: scope(name) for name in ROLLUP_TABLES}
     try:
-        fence = _fence(store)
-        mine = f"device_id IN {_in(devices)}"
-        ids, days, last = [], set(), 0
-        while True:  # the devices' events up to the fence, page by page by id (reads: no lock)
-            got = engine.read(
-                f"SELECT id, {DAY_SQL} FROM events WHERE id > ? AND id <= ? AND {mine} ORDER BY id LIMIT {BATCH * 5}",
-                [last, fence, *devices],
-            )
-            if not got:
+        events = days = device_rows = 0
+        for _ in range(ROUNDS):  # another round only for what the devices sent during this one
+            removed, recomputed, rows, again = _forget_round(store, devices)
+            events, days, device_rows = events + removed, days + recomputed, device_rows + rows
+            if not again:
                 break
-            last = got[-1][0]
-            ids += [row[0] for row in got]
-            days.update(row[1] for row in got)
-        # The fence's own row stays until the end: SQLite gives a new row the highest id + 1, so
-        # while it is there every event stored meanwhile has an id above the fence.
-        early = [i for i in ids if i != fence]
-        for chunk in _chunks(early, BATCH):
-            _delete_ids(store, chunk)
-        days_list = sorted(days)
-        kept = f"id <= {int(fence)} AND (device_id IS NULL OR device_id NOT IN (SELECT device_id FROM forget_devices))"
-        setup = [("DROP TABLE IF EXISTS forget_devices", []), ("DROP TABLE IF EXISTS forget_days", [])]
-        setup += [("CREATE TEMPORARY TABLE forget_devices (device_id TEXT)", [])]
-        setup += [("CREATE TEMPORARY TABLE forget_days (day TEXT)", [])]
-        setup += [("INSERT INTO forget_devices (device_id) VALUES (?)", [[d] for d in devices])] if devices else []
-        setup += [("INSERT INTO forget_days (day) VALUES (?)", [[d] for d in days_list])] if days_list else []
-        engine.scratch(setup)
-        recomputed = {"day": "forget_day_", "all": "forget_all_"}
-        for kind, prefix in recomputed.items():
-            if kind not in tables.values() or (kind == "day" and not days_list):
-                continue
-            where = kept + (f" AND {DAY_SQL} IN (SELECT day FROM forget_days)" if kind == "day" else "")
-            statements = [(f"DROP TABLE IF EXISTS {prefix}{t}", []) for t in ROLLUP_TABLES]
-            statements += [(f"CREATE TEMPORARY TABLE {prefix}{t} ({d})", []) for t, d in ROLLUP_TABLES.items()]
-            engine.scratch(statements + engine.rollup_statements(where, prefix))
-
-        def replace(query: Query, kind: str, day: str | None) -> None:
-            """The recomputed rows in place of the old, plus what was stored since the fence."""
-            names = [t for t, k in tables.items() if k == kind]
-            prefix = recomputed[kind]
-            on_day = "" if day is None else f" AND {DAY_SQL} = ?"
-            rows = query(
-                f"SELECT received_at, kind, {', '.join(payload.COLUMNS)} FROM events WHERE id > ?{on_day} "
-                "AND (device_id IS NULL OR device_id NOT IN (SELECT device_id FROM forget_devices))",
-                [fence] if day is None else [fence, day],
-            )
-            later = _rollups([_fields(row) for row in rows])
-            for table in names:
-                columns = ", ".join(_COLUMNS[table])
-                where, params = ("", []) if day is None else (" WHERE day = ?", [day])
-                query(f"DELETE FROM {table}{where}", params)
-                query(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {prefix}{table}{where}", params)
-                for key, values in sorted(later.get(table, {}).items()):
-                    if day is None or key[_KEYS[table].index("day")] == day:
-                        query(UPSERT[table], [*key, *values])
-
-        for day in days_list if "day" in tables.values() else []:
-            engine.locked(lambda query, day=day: replace(query, "day", day))
-        device_rows = 0
-
-        def finish(query: Query) -> int:
-            """Last: the rest of the devices' events (the fence's, any stored since), their rows."""
-            removed = 0
-            query(f"DELETE FROM events WHERE id >= ? AND {mine}", [fence, *devices])
-            if "all" in tables.values():
-                replace(query, "all", None)
-            for table, kind in tables.items():
-                if kind == "device":
-                    removed += len(query(f"SELECT 1 FROM {table} WHERE {mine}", devices))
-                    query(f"DELETE FROM {table} WHERE {mine}", devices)
-            return removed
-
-        if devices:
-            device_rows = engine.locked(finish)
-        cleanup = [(f"DROP TABLE IF EXISTS {p}{t}", []) for p in recomputed.values() for t in ROLLUP_TABLES]
-        engine.scratch([*cleanup, ("DROP TABLE forget_devices", []), ("DROP TABLE forget_days", [])])
-        return Forgotten(len(devices), len(ids), device_rows, len(days_list), time.perf_counter() - start)
+        return Forgotten(len(devices), events, device_rows, days, time.perf_counter() - start)
     except StoreError:
         raise
     except Exception as exc:
-        raise engine.error("could not forget", exc) from None
+        raise store.engine.error("could not forget", exc) from None
     finally:
         store.close()
+
+
+def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool]:
+    """One pass of `forget`: (events removed, days recomputed, device rows removed, another round due)."""
+    engine = store.engine
+    tables = {name: scope(name) for name in ROLLUP_TABLES}
+    fence = _fence(store)
+    mine = f"device_id IN {_in(devices)}"
+    ids, days, last = [], set(), 0
+    while True:  # the devices' events up to the fence, page by page by id (reads: no lock)
+        got = engine.read(
+            f"SELECT id, {DAY_SQL} FROM events WHERE id > ? AND id <= ? AND {mine} ORDER BY id LIMIT {BATCH * 5}",
+            [last, fence, *devices],
+        )
+        if not got:
+            break
+        last = got[-1][0]
+        ids += [row[0] for row in got]
+        days.update(row[1] for row in got)
+    # The fence's own row stays until the end: SQLite gives a new row the highest id + 1, so
+    # while it is there every event stored meanwhile has an id above the fence.
+    early = [i for i in ids if i != fence]
+    for chunk in _chunks(early, BATCH):
+        _delete_ids(store, chunk)
+    days_list = sorted(days)
+    kept = f"id <= {int(fence)} AND (device_id IS NULL OR device_id NOT IN (SELECT device_id FROM forget_devices))"
+    setup = [("DROP TABLE IF EXISTS forget_devices", []), ("DROP TABLE IF EXISTS forget_days", [])]
+    setup += [("CREATE TEMPORARY TABLE forget_devices (device_id TEXT)", [])]
+    setup += [("CREATE TEMPORARY TABLE forget_days (day TEXT)", [])]
+    setup += [("INSERT INTO forget_devices (device_id) VALUES (?)", [[d] for d in devices])] if devices else []
+    setup += [("INSERT INTO forget_days (day) VALUES (?)", [[d] for d in days_list])] if days_list else []
+    engine.scratch(setup)
+    recomputed = {"day": "forget_day_", "all": "forget_all_"}
+    for kind, prefix in recomputed.items():
+        if kind not in tables.values() or (kind == "day" and not days_list):
+            continue
+        where = kept + (f" AND {DAY_SQL} IN (SELECT day FROM forget_days)" if kind == "day" else "")
+        statements = [(f"DROP TABLE IF EXISTS {prefix}{t}", []) for t in ROLLUP_TABLES]
+        statements += [(f"CREATE TEMPORARY TABLE {prefix}{t} ({d})", []) for t, d in ROLLUP_TABLES.items()]
+        if kind == "day":
+            statements += [
+                (f"CREATE INDEX {prefix}{t}_day ON {prefix}{t} (day)", []) for t in ROLLUP_TABLES if tables[t] == "day"
+            ]
+        engine.scratch(statements + engine.rollup_statements(where, prefix))
+
+    def replace(query: Query, kind: str, day: str | None) -> None:
+        """The recomputed rows in place of the old, plus what was stored since the fence."""
+        prefix = recomputed[kind]
+        on_day = "" if day is None else f" AND {DAY_SQL} = ?"
+        rows = query(
+            f"SELECT received_at, kind, {', '.join(payload.COLUMNS)} FROM events WHERE id > ?{on_day} "
+            "AND (device_id IS NULL OR device_id NOT IN (SELECT device_id FROM forget_devices))",
+            [fence] if day is None else [fence, day],
+        )
+        later = _rollups([_fields(row) for row in rows])
+        query(
+            f"DELETE FROM events WHERE id >= ? AND {mine}{on_day}", [fence, *devices, *([] if day is None else [day])]
+        )
+        for table in [t for t, k in tables.items() if k == kind]:
+            columns = ", ".join(_COLUMNS[table])
+            where, params = ("", []) if day is None else (" WHERE day = ?", [day])
+            query(f"DELETE FROM {table}{where}", params)
+            query(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {prefix}{table}{where}", params)
+            for key, values in sorted(later.get(table, {}).items()):
+                if day is None or key[_KEYS[table].index("day")] == day:
+                    query(UPSERT[table], [*key, *values])
+
+    for day in days_list if "day" in tables.values() else []:
+        engine.locked(lambda query, day=day: replace(query, "day", day))
+
+    def finish(query: Query) -> tuple[int, bool]:
+        """Last: the devices' rows, unless they sent events (on other days) meanwhile: then another round."""
+        if "all" in tables.values():
+            replace(query, "all", None)
+        if query(f"SELECT 1 FROM events WHERE {mine} LIMIT 1", devices):
+            return 0, True
+        removed = 0
+        for table, kind in tables.items():
+            if kind == "device":
+                removed += len(query(f"SELECT 1 FROM {table} WHERE {mine}", devices))
+                query(f"DELETE FROM {table} WHERE {mine}", devices)
+        return removed, False
+
+    device_rows, again = engine.locked(finish) if devices else (0, False)
+    cleanup = [(f"DROP TABLE IF EXISTS {p}{t}", []) for p in recomputed.values() for t in ROLLUP_TABLES]
+    engine.scratch([*cleanup, ("DROP TABLE forget_devices", []), ("DROP TABLE forget_days", [])])
+    return len(ids), len(days_list), device_rows, again
 
 
 #: Seconds between two prunes of ``collect --retain-days``.

@@ -100,7 +100,9 @@ def test_concurrent_clients_lose_nothing(collector):
     def client(n):
         with requests.Session() as s:
             for i in range(n):
-                assert s.post(collector.url + TASK, json={"device_id": f"device-{i:04}", "iterations": i}, timeout=10).ok
+                assert s.post(
+                    collector.url + TASK, json={"device_id": f"device-{i:04}", "iterations": i}, timeout=10
+                ).ok
 
     threads = [threading.Thread(target=client, args=(50,)) for _ in range(8)]
     for t in threads:
