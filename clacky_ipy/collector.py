@@ -278,6 +278,7 @@ class App:
         self.metrics_from = metrics_nets(metrics_from) if metrics_from else None
         self._probe: Probe | None = None
         self._probing: asyncio.Future | None = None
+        self._checking: dict[bytes | None, asyncio.Future[bool]] = {}
 
     def start(self) -> None:
         """Open the store (if given a path) and start the writer; blocking, idempotent."""
@@ -404,8 +405,13 @@ class App:
                 return _too_many(wait)
         credentials = guard.credentials
         if credentials is not None and not credentials.cached(authorization):
-            loop = asyncio.get_running_loop()
-            if not await loop.run_in_executor(None, credentials.check, authorization):  # scrypt: off the loop
+            # scrypt, off the loop; requests with the same header at once share one check
+            checking = self._checking.get(authorization)
+            if checking is None:
+                checking = asyncio.get_running_loop().run_in_executor(None, credentials.check, authorization)
+                self._checking[authorization] = checking
+                checking.add_done_callback(lambda _: self._checking.pop(authorization, None))
+            if not await asyncio.shield(checking):
                 return UNAUTHORIZED
         return None
 
