@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import payload, safe
-from .guard import Guard, retry_after
+from .guard import Guard, GuardError, retry_after
 from .metrics import LOOPBACK
 from .metrics import allowed as metrics_allowed
 from .metrics import networks as metrics_nets
@@ -287,7 +287,11 @@ class App:
                 if self.guard is None:  # ``uvicorn clacky_ipy.collector:app``: settings from the environment
                     self.guard = Guard.from_env(os.environ)
                 if self.metrics_from is None:
-                    self.metrics_from = metrics_nets([os.environ.get(METRICS_FROM_ENV) or ",".join(LOOPBACK)])
+                    spec = os.environ.get(METRICS_FROM_ENV) or ",".join(LOOPBACK)
+                    try:
+                        self.metrics_from = metrics_nets([spec])
+                    except ValueError as exc:
+                        raise GuardError(f"{METRICS_FROM_ENV}={spec!r}: {exc}") from None
                 if self.metrics is None:
                     self.metrics = _new_metrics()
                 if self.store is None:
@@ -332,7 +336,7 @@ class App:
             if message["type"] == "lifespan.startup":
                 try:
                     await loop.run_in_executor(None, self.start)
-                except StoreError as exc:
+                except (StoreError, GuardError) as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

@@ -317,3 +317,51 @@ def test_hash_password_makes_a_line_the_collector_accepts(tmp_path):
     credentials = Credentials.load(tmp_path / "creds")
     assert credentials.check(b"Basic " + base64.b64encode(b"bob:hunter2"))
     assert not credentials.check(b"Basic " + base64.b64encode(b"bob:hunter3"))
+
+
+def test_uvicorn_workers_take_the_service_settings_from_the_environment(tmp_path):
+    """``uvicorn --workers 2 clacky_ipy.collector:app``: credentials and rate limits from the
+    environment, and one /metrics for both workers."""
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"ingest:{hash_password('pw')}\n")
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    port = free_port()
+    env = subprocess_env(
+        CLACKY_COLLECTOR_DB=str(tmp_path / "e.db"),
+        CLACKY_COLLECTOR_CREDENTIALS=str(credentials),
+        CLACKY_COLLECTOR_RATE_LIMIT="1000/s",
+        PROMETHEUS_MULTIPROC_DIR=str(folder),
+    )
+    command = [PYTHON, "-m", "uvicorn", "clacky_ipy.collector:app", "--port", str(port), "--workers", "2"]
+    command += ["--http", "clacky_ipy.collector:Protocol", "--no-access-log"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(url + "/readyz", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        assert post(url, TASK, {"device_id": DEVICE}).status_code == 401
+        for _ in range(10):
+            with requests.Session() as session:  # new connections: either worker may answer
+                answer = session.post(url + TASK, json={"device_id": DEVICE}, auth=("ingest", "pw"), timeout=10)
+                assert answer.status_code == 201
+        got = metrics(url)
+        assert got[("clacky_collector_events_stored_total", (("kind", "task"),))] == 10
+        assert got[("clacky_collector_requests_refused_total", (("reason", "401"),))] == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_wrong_setting_in_the_environment_fails_the_start_in_one_line(tmp_path):
+    env = subprocess_env(CLACKY_COLLECTOR_DB=str(tmp_path / "e.db"), CLACKY_COLLECTOR_RATE_LIMIT="lots")
+    command = [PYTHON, "-m", "uvicorn", "clacky_ipy.collector:app", "--port", str(free_port())]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "not a rate" in out.stderr and "Traceback" not in out.stderr
