@@ -170,36 +170,42 @@ def _rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prune(args: argparse.Namespace) -> int:
-    from .retention import prune
+def _retention(command: str, run: Callable[[], Any], describe: Callable[[Any], str]) -> int:
+    """`prune` and `forget`: run, then one line of what was done (or of why not, exit code 2)."""
     from .store import StoreError
 
     try:
-        done = prune(args.db, args.older_than)
+        done = run()
     except StoreError as exc:
-        return _fail("prune", str(exc))
-    print(
-        f"pruned {done.events:,} raw events received before {done.kept_from} and {done.device_rows:,} "
-        f"per-device rollup rows in {done.seconds:.1f} s",
-        flush=True,
-    )
+        return _fail(command, str(exc))
+    print(describe(done), flush=True)
     return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .retention import prune
+
+    return _retention(
+        "prune",
+        lambda: prune(args.db, args.older_than),
+        lambda done: (
+            f"pruned {done.events:,} raw events received before {done.kept_from} and "
+            f"{done.device_rows:,} per-device rollup rows in {done.seconds:.1f} s"
+        ),
+    )
 
 
 def _forget(args: argparse.Namespace) -> int:
     from .retention import forget
-    from .store import StoreError
 
-    try:
-        done = forget(args.db, args.device_id)
-    except StoreError as exc:
-        return _fail("forget", str(exc))
-    print(
-        f"forgot {done.devices} device(s): {done.events:,} raw events and {done.device_rows:,} per-device rollup "
-        f"rows removed, {done.days:,} days of aggregates recomputed, in {done.seconds:.1f} s",
-        flush=True,
+    return _retention(
+        "forget",
+        lambda: forget(args.db, args.device_id),
+        lambda done: (
+            f"forgot {done.devices} device(s): {done.events:,} raw events and {done.device_rows:,} "
+            f"per-device rollup rows removed, {done.days:,} days of aggregates recomputed, in {done.seconds:.1f} s"
+        ),
     )
-    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

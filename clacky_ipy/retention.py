@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -95,14 +96,27 @@ def _delete_rows(store: Store, table: str, where: str, params: Sequence[Any]) ->
         removed += len(got)
 
 
+@contextmanager
+def _opened(db: Any, doing: str) -> Iterator[Store]:
+    """The store at `db`, closed after; any database error as one `StoreError` line."""
+    store = Store(db, create=False)
+    try:
+        yield store
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise store.engine.error(doing, exc) from None
+    finally:
+        store.close()
+
+
 def prune(db: Any, days: int, now: datetime | None = None) -> Pruned:
     """Delete raw events received before today's date minus `days`, and the rollup rows that
     name a device for those days (a device not seen since loses its first/last-seen row);
     rollups without a device id stay, so the report's totals keep the whole history."""
     start = time.perf_counter()
     first = cutoff(days, now)
-    store = Store(db, create=False)
-    try:
+    with _opened(db, "could not prune") as store:
         events = last = 0
         while True:  # read a page by id (no lock), then delete its old rows in one short transaction
             got = store.engine.read(
@@ -125,12 +139,6 @@ def prune(db: Any, days: int, now: datetime | None = None) -> Pruned:
             elif "last_seen" in columns:
                 device_rows += _delete_rows(store, table, "last_seen < ?", [first])
         return Pruned(events, device_rows, first, time.perf_counter() - start)
-    except StoreError:
-        raise
-    except Exception as exc:
-        raise store.engine.error("could not prune", exc) from None
-    finally:
-        store.close()
 
 
 def _fence(store: Store) -> int:
@@ -153,8 +161,7 @@ def forget(db: Any, devices: Sequence[str]) -> Forgotten:
     those of a database that never had these events (see the module's docstring)."""
     start = time.perf_counter()
     devices = sorted(set(devices))
-    store = Store(db, create=False)
-    try:
+    with _opened(db, "could not forget") as store:
         events = days = device_rows = 0
         for _ in range(ROUNDS):  # another round only for what the devices sent during this one
             removed, recomputed, rows, again = _forget_round(store, devices)
@@ -162,12 +169,6 @@ def forget(db: Any, devices: Sequence[str]) -> Forgotten:
             if not again:
                 break
         return Forgotten(len(devices), events, device_rows, days, time.perf_counter() - start)
-    except StoreError:
-        raise
-    except Exception as exc:
-        raise store.engine.error("could not forget", exc) from None
-    finally:
-        store.close()
 
 
 def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool]:
