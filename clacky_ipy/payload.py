@@ -256,7 +256,7 @@ def clean(event: str, fields: Mapping[str, Any], dropped: Callable[[str, str], A
             value, reason = None, DROP_REASONS[3]
         if value is not None:
             out[key] = value
-        elif dropped is not None and raw is not None:
+        elif dropped is not None:
             dropped(key, reason)
     return out
 

@@ -12,6 +12,8 @@ import tracemalloc
 import pytest
 import requests
 from conftest import PYTHON, free_port, load, subprocess_env
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 import clacky_ipy
@@ -365,3 +367,44 @@ def test_a_wrong_setting_in_the_environment_fails_the_start_in_one_line(tmp_path
     command = [PYTHON, "-m", "uvicorn", "clacky_ipy.collector:app", "--port", str(free_port())]
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "not a rate" in out.stderr and "Traceback" not in out.stderr
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    event=st.sampled_from(list(payload.KEYS)),
+    fields=st.dictionaries(
+        st.sampled_from([*payload.COLUMNS, "history", "ip"]) | st.text(max_size=12), json_values, max_size=12
+    ),
+    choice=st.sampled_from(sorted(payload.CHOICES)),
+    value=st.text(max_size=70),
+)
+def test_no_value_outside_a_closed_set_and_no_malformed_device_id_survives(event, fields, choice, value):
+    fields = {**fields, choice: value}
+    heard = []
+    cleaned = payload.clean(event, fields, lambda key, reason: heard.append((key, reason)))
+    for key, allowed in payload.CHOICES.items():
+        assert key not in cleaned or cleaned[key] in allowed
+    assert "device_id" not in cleaned or payload.DEVICE_ID.fullmatch(cleaned["device_id"])
+    assert set(cleaned) <= set(payload.KEYS[event])
+    assert len(heard) == sum(1 for k in fields if k not in cleaned)
+    assert all(reason in payload.DROP_REASONS for _, reason in heard)
+    problem = payload.device_id_problem(fields)
+    device = fields.get("device_id")
+    assert (problem is None) == (device is None or (type(device) is str and bool(payload.DEVICE_ID.fullmatch(device))))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(device=st.text(max_size=70) | st.integers() | st.none())
+def test_over_a_socket_a_device_id_is_stored_only_when_it_looks_like_one(collector, device):
+    before = collector.store.count()
+    answer = post(collector.url, TASK, {"device_id": device, "status": "success"})
+    shaped = device is None or (isinstance(device, str) and bool(payload.DEVICE_ID.fullmatch(device)))
+    assert answer.status_code == (201 if shaped else 400)
+    assert collector.store.count() == before + shaped
