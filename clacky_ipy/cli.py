@@ -41,11 +41,14 @@ def _hash_password(args: argparse.Namespace) -> int:
 def _collect(args: argparse.Namespace) -> int:
     from . import collector
     from .guard import Guard, GuardError
-    from .metrics import networks
+    from .metrics import multiprocess_problem, networks
     from .store import StoreError
 
     if args.hash_password is not None:
         return _hash_password(args)
+    problem = multiprocess_problem()
+    if problem:
+        return _fail("collect", problem)
     try:
         guard = Guard.from_options(args.credentials, args.rate_limit, args.burst, args.peer_rate_limit)
         metrics_from = [str(n) for n in networks(args.metrics_from)] if args.metrics_from else None

@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from . import payload, safe
 from .guard import Guard, GuardError, retry_after
-from .metrics import LOOPBACK
+from .metrics import LOOPBACK, multiprocess_problem
 from .metrics import allowed as metrics_allowed
 from .metrics import networks as metrics_nets
 from .store import Probe, Store, StoreError, open_store, utc_now
@@ -293,6 +293,9 @@ class App:
                     except ValueError as exc:
                         raise GuardError(f"{METRICS_FROM_ENV}={spec!r}: {exc}") from None
                 if self.metrics is None:
+                    problem = multiprocess_problem()
+                    if problem:
+                        raise GuardError(problem)
                     self.metrics = _new_metrics()
                 if self.store is None:
                     self.store = open_store(self.db if self.db is not None else os.environ.get(DB_ENV, DEFAULT_DB))

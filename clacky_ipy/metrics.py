@@ -22,6 +22,14 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+def multiprocess_problem() -> str | None:
+    """Why ``PROMETHEUS_MULTIPROC_DIR`` cannot hold the values, or None (also when it is unset)."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        return f"{MULTIPROC_ENV}={folder}: not a folder this process can write in"
+    return None
+
+
 def networks(specs: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """``--metrics-from`` values as networks (``10.0.0.0/8``, an address alone); `ValueError` if not one."""
     out = []

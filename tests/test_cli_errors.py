@@ -362,3 +362,16 @@ def test_collect_refuses_a_credentials_file_that_is_wrong(tmp_path, content):
 @pytest.mark.parametrize("command", [["prune", "--older-than", "3"], ["forget", "a" * 64]])
 def test_prune_and_forget_on_a_missing_database(tmp_path, command):
     one_line_error(run(command[0], "--db", str(tmp_path / "nope.db"), *command[1:]), "no database")
+
+
+def test_collect_refuses_a_metrics_folder_it_cannot_write(tmp_path):
+    db = tmp_path / "events.db"
+    proc = subprocess.run(
+        [PYTHON, "-m", "clacky_ipy", "collect", "--db", str(db), "--port", "0"],
+        env=subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "missing")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    one_line_error(proc, "PROMETHEUS_MULTIPROC_DIR")
+    assert not db.exists()
