@@ -6,7 +6,9 @@ under any ASGI server: ``CLACKY_COLLECTOR_DB=events.db uvicorn clacky_ipy.collec
 committed, stamps the time itself (UTC, server clock), never stores or logs the peer's
 address, and keeps only the vocabulary's keys (`payload.clean`, as the client does).
 
-Anyone who can reach it can send anything, so everything is bounded: 16 KiB a body, a
+It also answers probes (``/healthz``, ``/readyz``) and Prometheus (``/metrics``, `metrics`),
+and with a `guard.Guard` asks for credentials and limits each peer's and device's rate.
+Whoever can reach it can send anything, so everything is bounded: 16 KiB a body, a
 deadline to deliver each request, a number of connections (the longest idle one makes
 room for a newcomer), a listen backlog; a body it does not read is still consumed by the
 HTTP parser, never taken for the next request; a body that is not plain JSON within the
