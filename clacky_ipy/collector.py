@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import payload, safe
-from .guard import Guard, GuardError, retry_after
+from .guard import Guard, GuardError, peer_key, retry_after
 from .metrics import LOOPBACK, multiprocess_problem
 from .metrics import allowed as metrics_allowed
 from .metrics import networks as metrics_nets
@@ -409,7 +409,7 @@ class App:
         """The refusal due before the body is read (a peer over its rate, wrong credentials), or None."""
         if guard.peers is not None:
             client = scope.get("client")
-            wait = guard.peers.take(client[0] if client else "")
+            wait = guard.peers.take(peer_key(client[0]) if client else "")
             if wait:
                 return _too_many(wait)
         credentials = guard.credentials

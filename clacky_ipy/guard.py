@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import math
 import os
 import re
@@ -195,6 +196,16 @@ class RateLimiter:
             bucket[0] -= 1.0
             return 0.0
         return (1.0 - bucket[0]) / self.rate
+
+
+def peer_key(host: str) -> str:
+    """The key a peer is limited by: its IPv4 address, or its IPv6 /64 (what one subscriber gets)."""
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.ip_network(f"{host.split('%', 1)[0]}/64", strict=False))
+    except ValueError:
+        return host
 
 
 def retry_after(seconds: float) -> str:

@@ -408,3 +408,11 @@ def test_over_a_socket_a_device_id_is_stored_only_when_it_looks_like_one(collect
     shaped = device is None or (isinstance(device, str) and bool(payload.DEVICE_ID.fullmatch(device)))
     assert answer.status_code == (201 if shaped else 400)
     assert collector.store.count() == before + shaped
+
+
+def test_an_ipv6_peer_is_limited_by_its_slash_64():
+    from clacky_ipy.guard import peer_key
+
+    assert peer_key("2001:db8:1:2::1") == peer_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
+    assert peer_key("192.0.2.7") == "192.0.2.7"
