@@ -46,7 +46,11 @@ def status_text(status: Mapping[str, Any]) -> str:
         f"Endpoint:     {status['endpoint']}"
         + (f" (fallbacks: {', '.join(status['fallback_endpoints'])})" if status["fallback_endpoints"] else "")
     )
-    device_id = status["device_id"] or "still being computed (brand.yml is slow to read); ask again in a moment"
+    device_id = status["device_id"]
+    if device_id == "":
+        device_id = "none sent: brand.yml's device_id is not an id (8 to 64 of A-Z, a-z, 0-9, _ and -)"
+    elif device_id is None:
+        device_id = "still being computed (brand.yml is slow to read); ask again in a moment"
     device_id = printable(device_id)  # it may be brand.yml's text: control and bidi characters escaped
     lines.append(f"Device id:    {device_id}")
     if status.get("device_id_source"):
