@@ -26,9 +26,7 @@ def device_line(out):
     return line.split(":", 1)[1].strip()
 
 
-@pytest.mark.parametrize(
-    ("stored", "shown", "sent"), [(HOSTILE, SHOWN, None), ("a" * 200, "a" * 64, "a" * 64)]
-)
+@pytest.mark.parametrize(("stored", "shown", "sent"), [(HOSTILE, SHOWN, None), ("a" * 200, "a" * 64, "a" * 64)])
 def test_status_shows_what_is_sent_escaped(ip, receiver, home, capsys, stored, shown, sent):
     brand(home, stored)
     (home / "ipy-telemetry-notice-shown").write_text("shown\n")
