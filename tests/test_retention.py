@@ -79,20 +79,10 @@ def second_db(request, tmp_path, db_target):
     if not db_target.startswith("postgresql"):
         yield str(tmp_path / "expected.db")
         return
-    import uuid
+    from pgserver import fresh_database
 
-    import psycopg
-    from pgcluster import url_for
-
-    server = request.getfixturevalue("postgres_server")
-    name = f"clacky_{uuid.uuid4().hex[:12]}"
-    admin = psycopg.connect(**{**server, "dbname": "postgres"}, autocommit=True)
-    try:
-        admin.execute(f"CREATE DATABASE {name}")
-        yield url_for(server, name)
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        admin.close()
+    with fresh_database(request.getfixturevalue("postgres_server")) as url:
+        yield url
 
 
 def test_every_rollup_has_a_scope():
