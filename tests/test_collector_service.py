@@ -416,3 +416,18 @@ def test_an_ipv6_peer_is_limited_by_its_slash_64():
     assert peer_key("2001:db8:1:2::1") == peer_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert peer_key("2001:db8:1:3::1") != peer_key("2001:db8:1:2::1")
     assert peer_key("192.0.2.7") == "192.0.2.7"
+
+
+def test_behind_a_local_proxy_the_peer_is_the_forwarded_client(tmp_path):
+    """A proxy on loopback forwards the client's address: /metrics is refused to a remote client
+    that comes through it, and the per-peer limit counts each client apart."""
+    with Collector(tmp_path / "events.db", guard=Guard(peer_rate=0.01, burst=2)) as c:
+        assert (
+            requests.get(c.url + "/metrics", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=5).status_code == 403
+        )
+        codes = []
+        for client in ("203.0.113.1", "203.0.113.2"):
+            for _ in range(3):
+                headers = {"X-Forwarded-For": client}
+                codes.append(post(c.url, TASK, {"device_id": DEVICE}, headers=headers).status_code)
+        assert codes == [201, 201, 429, 201, 201, 429]
