@@ -24,8 +24,11 @@ from .store import _COLUMNS, _KEYS, DAY_SQL, ROLLUP_TABLES, UPSERT, Query, Store
 
 log = logging.getLogger("clacky_ipy.collector")
 
-#: Rows read or deleted per transaction: each holds collectors for a few milliseconds only.
+#: Rows read per page, and rollup rows deleted per transaction.
 BATCH = 2000
+#: Raw events deleted per transaction: scattered over a large table, each costs a page write,
+#: so a transaction of these holds collectors for some tens of milliseconds at most.
+DELETE_BATCH = 500
 
 
 @dataclass
@@ -71,11 +74,9 @@ def _chunks(values: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
 
 
 def _delete_ids(store: Store, ids: Sequence[int]) -> None:
-    def work(query: Query) -> None:
-        for chunk in _chunks(ids):
-            query(f"DELETE FROM events WHERE id IN {_in(chunk)}", chunk)
-
-    store.engine.locked(work)
+    """Delete these raw events, `DELETE_BATCH` a transaction."""
+    for chunk in _chunks(ids, DELETE_BATCH):
+        store.engine.locked(lambda query, chunk=chunk: query(f"DELETE FROM events WHERE id IN {_in(chunk)}", chunk))
 
 
 def _delete_rows(store: Store, table: str, where: str, params: Sequence[Any]) -> int:
@@ -84,7 +85,7 @@ def _delete_rows(store: Store, table: str, where: str, params: Sequence[Any]) ->
     match = " AND ".join(f"{k} = ?" for k in keys)
     removed = 0
     while True:
-        got = store.engine.read(f"SELECT {', '.join(keys)} FROM {table} WHERE {where} LIMIT {BATCH}", list(params))
+        got = store.engine.read(f"SELECT {', '.join(keys)} FROM {table} WHERE {where} LIMIT {BATCH // 2}", list(params))
         if not got:
             return removed
 
@@ -190,9 +191,7 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
         days.update(row[1] for row in got)
     # The fence's own row stays until the end: SQLite gives a new row the highest id + 1, so
     # while it is there every event stored meanwhile has an id above the fence.
-    early = [i for i in ids if i != fence]
-    for chunk in _chunks(early, BATCH):
-        _delete_ids(store, chunk)
+    _delete_ids(store, [i for i in ids if i != fence])
     days_list = sorted(days)
     kept = f"id <= {int(fence)} AND (device_id IS NULL OR device_id NOT IN (SELECT device_id FROM forget_devices))"
     setup = [("DROP TABLE IF EXISTS forget_devices", []), ("DROP TABLE IF EXISTS forget_days", [])]
@@ -243,15 +242,24 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
         """Last: the devices' rows, unless they sent events (on other days) meanwhile: then another round."""
         if "all" in tables.values():
             replace(query, "all", None)
-        if query(f"SELECT 1 FROM events WHERE {mine} LIMIT 1", devices):
+        # Those up to the fence are gone by now: only what came after needs a look (an id range).
+        if query(f"SELECT 1 FROM events WHERE id > ? AND {mine} LIMIT 1", [fence, *devices]):
             return 0, True
         removed = 0
-        for table, kind in tables.items():
-            if kind == "device":
-                removed += len(query(f"SELECT 1 FROM {table} WHERE {mine}", devices))
-                query(f"DELETE FROM {table} WHERE {mine}", devices)
+        for table, got in device_keys.items():
+            match = " AND ".join(f"{k} = ?" for k in _KEYS[table])
+            for key in got:
+                query(f"DELETE FROM {table} WHERE {match}", list(key))
+            removed += len(got)
         return removed, False
 
+    # The devices' rows, found by a read (no lock): no event of theirs came after the fence, or
+    # `finish` goes round again, so no row of theirs can appear before it runs.
+    device_keys = {
+        table: engine.read(f"SELECT {', '.join(_KEYS[table])} FROM {table} WHERE {mine}", devices)
+        for table, kind in tables.items()
+        if kind == "device"
+    }
     device_rows, again = engine.locked(finish) if devices else (0, False)
     cleanup = [(f"DROP TABLE IF EXISTS {p}{t}", []) for p in recomputed.values() for t in ROLLUP_TABLES]
     engine.scratch([*cleanup, ("DROP TABLE forget_devices", []), ("DROP TABLE forget_days", [])])
