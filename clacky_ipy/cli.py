@@ -39,7 +39,7 @@ def _hash_password(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from . import collector
+    from . import collector, collector_log
     from .guard import Guard, GuardError
     from .metrics import multiprocess_problem, networks
     from .store import StoreError
@@ -85,7 +85,7 @@ def _collect(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    collector.configure_logging(args.verbose)
+    log = collector_log.configure(args.verbose)  # from here on nothing waits for a stream's reader
     print(f"clacky-ipy collector on {server.url}, storing in {server.store.path} (Ctrl-C to stop)", flush=True)
     try:
         server.serve()  # SIGINT and SIGTERM: stop accepting, answer what was read, commit, close
@@ -93,7 +93,7 @@ def _collect(args: argparse.Namespace) -> int:
         pass
     finally:
         server.stop()
-    print("collector stopped", flush=True)
+        log.close("collector stopped")
     return 0
 
 
@@ -362,11 +362,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE.png",
         help="also draw daily active devices and tasks per day into a .png, .svg or .pdf file (.png if no suffix)",
     )
-    r.set_defaults(func=_report)
+    r.set_defaults(func=_report, interrupted=UNCHANGED)
 
     b = sub.add_parser("rebuild", help="recompute the report's rollups from the raw events (repair, upgrade)")
     b.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
-    b.set_defaults(func=_rebuild)
+    b.set_defaults(func=_rebuild, interrupted=UNCHANGED)
 
     pr = sub.add_parser("prune", help="delete raw events older than N whole days (rollups without a device stay)")
     pr.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
@@ -377,12 +377,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="today and the N days before it stay",
     )
-    pr.set_defaults(func=_prune)
+    pr.set_defaults(func=_prune, interrupted="what was deleted so far is gone, the rest kept; run it again to finish")
 
     f = sub.add_parser("forget", help="erase devices: their raw events and every rollup figure derived from them")
     f.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
     f.add_argument("device_id", nargs="+", metavar="DEVICE_ID", help="the device ids to forget")
-    f.set_defaults(func=_forget)
+    f.set_defaults(
+        func=_forget, interrupted="every figure matches the events left; run the same forget again to finish"
+    )
 
     d = sub.add_parser("demo", help="collector + quickstart notebook in a real kernel + report, offline")
     d.add_argument(
@@ -393,13 +395,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Ctrl-C's exit code, as a shell reports a command stopped by SIGINT.
+INTERRUPTED = 130
+#: What is true when Ctrl-C stops a command whose change is one transaction (rolled back unless it
+#: committed): its ``interrupted`` default. The store may say more (``KeyboardInterrupt("the
+#: rollups were rebuilt")``, after the commit); a command with neither says "interrupted" only.
+UNCHANGED = "the database is unchanged"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.command is None:  # `clacky-ipy` alone: what it can do
         p.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line saying what is true, never a traceback
+        what = str(exc) or getattr(args, "interrupted", "")
+        print(f"clacky-ipy {args.command}: interrupted{'; ' + what if what else ''}", file=sys.stderr, flush=True)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import os
 import queue
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import payload, safe
+from .collector_log import CollectorLog
 from .guard import Guard, GuardError, peer_key, retry_after
 from .metrics import LOOPBACK, multiprocess_problem
 from .metrics import allowed as metrics_allowed
@@ -273,6 +273,7 @@ class App:
         self.store = store
         self.verbose = verbose
         self.guard = guard
+        self.log = CollectorLog(verbose)  # never blocks; an outage is a few lines
         self._owns_store = store is None
         self._writer: Writer | None = None
         self._starting = threading.Lock()
@@ -315,6 +316,7 @@ class App:
                 if self._owns_store and self.store is not None:
                     self.store.close()
                     self.store = None
+            self.log.close()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
@@ -324,13 +326,11 @@ class App:
             try:
                 status = await self._http(scope, receive, send)
             except Exception as exc:  # a bug must not print a traceback with the request in it
-                log.error("internal error: %s", safe.printable(f"{type(exc).__name__}: {exc}"))
+                self.log.internal(f"{type(exc).__name__}: {exc}")
                 status = 500
             if status != 201 and self.metrics is not None:
                 self.metrics.refuse(status)
-            if self.verbose:
-                line = f"{utc_now()} {scope['method']} {scope['path']} {status}"
-                print(safe.printable(line), flush=True)
+            self.log.request(scope["method"], scope["path"], status)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -401,8 +401,9 @@ class App:
         try:
             await self._writer.submit((utc_now(), event, fields))
         except StoreError as exc:
-            log.error("%s", safe.printable(str(exc)))
+            self.log.refused(str(exc))
             return await _send(send, UNAVAILABLE)
+        self.log.stored()
         return await _send(send, STORED)
 
     async def _admit(self, guard: Guard, scope: dict, authorization: bytes | None) -> tuple[dict, dict] | None:
@@ -752,20 +753,3 @@ class Collector:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-def configure_logging(verbose: bool) -> None:
-    """uvicorn's and the collector's messages as one line each on stderr, control characters
-    escaped; per-request warnings (a malformed request) only with `verbose`."""
-
-    class Line(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return "clacky-ipy collect: " + safe.printable(record.getMessage())
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Line())
-    for name in ("uvicorn", "uvicorn.error", "clacky_ipy.collector"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler] if name != "uvicorn.error" else []
-        logger.setLevel(logging.WARNING if verbose else logging.ERROR)
-    logging.getLogger("uvicorn.access").disabled = True

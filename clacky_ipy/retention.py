@@ -189,9 +189,6 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
         last = got[-1][0]
         ids += [row[0] for row in got]
         days.update(row[1] for row in got)
-    # The fence's own row stays until the end: SQLite gives a new row the highest id + 1, so
-    # while it is there every event stored meanwhile has an id above the fence.
-    _delete_ids(store, [i for i in ids if i != fence])
     days_list = sorted(days)
     kept = f"id <= {int(fence)} AND (device_id IS NULL OR device_id NOT IN (SELECT device_id FROM forget_devices))"
     setup = [("DROP TABLE IF EXISTS forget_devices", []), ("DROP TABLE IF EXISTS forget_days", [])]
@@ -223,9 +220,7 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
             [fence] if day is None else [fence, day],
         )
         later = _rollups([_fields(row) for row in rows])
-        query(
-            f"DELETE FROM events WHERE id >= ? AND {mine}{on_day}", [fence, *devices, *([] if day is None else [day])]
-        )
+        query(f"DELETE FROM events WHERE id > ? AND {mine}{on_day}", [fence, *devices, *([] if day is None else [day])])
         for table in [t for t, k in tables.items() if k == kind]:
             columns = ", ".join(_COLUMNS[table])
             where, params = ("", []) if day is None else (" WHERE day = ?", [day])
@@ -237,6 +232,10 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
 
     for day in days_list if "day" in tables.values() else []:
         engine.locked(lambda query, day=day: replace(query, "day", day))
+    # The raw events only once the rollups no longer count them: a forget cut short leaves events
+    # a second one finds again. The fence's own row stays until the end: SQLite gives a new row
+    # the highest id + 1, so while it is there every event stored meanwhile has an id above it.
+    _delete_ids(store, [i for i in ids if i != fence])
 
     def finish(query: Query) -> tuple[int, bool]:
         """Last: the devices' rows, unless they sent events (on other days) meanwhile: then another round."""
@@ -245,6 +244,7 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
         # Those up to the fence are gone by now: only what came after needs a look (an id range).
         if query(f"SELECT 1 FROM events WHERE id > ? AND {mine} LIMIT 1", [fence, *devices]):
             return 0, True
+        query(f"DELETE FROM events WHERE id = ? AND {mine}", [fence, *devices])
         removed = 0
         for table, got in device_keys.items():
             match = " AND ".join(f"{k} = ?" for k in _KEYS[table])

@@ -25,12 +25,13 @@ database written by an earlier version (which has raw events only).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -168,6 +169,19 @@ def number(value: Any) -> Any:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+#: What is true when Ctrl-C stops a rebuild after its commit (the statistics' refresh, the count).
+REBUILT = "the rollups were rebuilt"
+
+
+def _after_commit(what: str, then: Any) -> Any:
+    """`then()`, run once a change is committed: a Ctrl-C there says what is already true
+    (``KeyboardInterrupt(what)``); before the commit, a Ctrl-C rolls the transaction back."""
+    try:
+        return then()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(what) from None
 
 
 def is_url(db: str | os.PathLike) -> bool:
@@ -555,6 +569,10 @@ class _Engine:
 
     def rebuild(self) -> int:
         self.transaction(self.rebuild_statements(), lock=True)
+        return _after_commit(REBUILT, self.after_rebuild)
+
+    def after_rebuild(self) -> int:
+        """The planner's statistics refreshed; the number of raw events."""
         self.analyze()
         return self.read("SELECT COUNT(*) FROM events", ())[0][0]
 
@@ -612,14 +630,34 @@ class _SQLite(_Engine):
             raise StoreError(f"{path}: an empty file, not a clacky-ipy database")
 
     def error(self, doing: str, exc: BaseException) -> StoreError:
+        if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":  # see `_interruptible`
+            return KeyboardInterrupt()  # type: ignore[return-value]
         if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
             return StoreError(f"{self.name}: not a usable SQLite database ({_one_line(exc)})")
         return super().error(doing, exc)
 
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """On the main thread, Ctrl-C stops a long statement (a rebuild's, a report's) at once
+        rather than when SQLite finishes it: the progress handler is Python code, so the signal's
+        handler runs in it, and its KeyboardInterrupt aborts the statement ("interrupted", which
+        `error` turns back into a KeyboardInterrupt). Never on the collector's writer thread,
+        where signals are not handled and each call would take the GIL."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        assert self.db is not None
+        self.db.set_progress_handler(_signals_in, 10_000)
+        try:
+            yield
+        finally:
+            self.db.set_progress_handler(None, 0)
+
     def read(self, sql: str, params: Sequence[Any]) -> list[tuple]:
         assert self.db is not None
         try:
-            return self.db.execute(sql, list(params)).fetchall()
+            with self._interruptible():
+                return self.db.execute(sql, list(params)).fetchall()
         except sqlite3.Error as exc:
             raise self.error("could not read", exc) from None
 
@@ -641,13 +679,14 @@ class _SQLite(_Engine):
         assert db is not None
         db.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock between readers turned writers
         try:
-            for sql, params in statements:
-                if not params:
-                    self._run(sql)
-                elif len(params) == 1:
-                    db.execute(sql, params[0])
-                else:
-                    db.executemany(sql, params)
+            with self._interruptible():
+                for sql, params in statements:
+                    if not params:
+                        self._run(sql)
+                    elif len(params) == 1:
+                        db.execute(sql, params[0])
+                    else:
+                        db.executemany(sql, params)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # some errors (a full disk) have rolled it back already
@@ -712,12 +751,20 @@ class _SQLite(_Engine):
         return out
 
     def analyze(self) -> None:
-        self.db.execute("ANALYZE")
+        try:
+            with self._interruptible():
+                self.db.execute("ANALYZE")
+        except sqlite3.Error as exc:
+            raise self.error("could not analyze", exc) from None
 
     def close(self) -> None:
         if self.db is not None:
             self.db.close()
             self.db = None
+
+
+def _signals_in() -> None:
+    """SQLite's progress handler: calling Python lets a pending signal's handler run."""
 
 
 def _sql_bucket(value: Any) -> int | None:
@@ -836,8 +883,7 @@ class _Postgres(_Engine):
         statements = [("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE", []), *self.rebuild_statements()]
         try:
             self.transaction(statements, lock=True)
-            self.analyze()
-            return self.read("SELECT COUNT(*) FROM events", ())[0][0]
+            return _after_commit(REBUILT, self.after_rebuild)
         except self.psycopg.Error as exc:
             raise self.error("could not rebuild the rollups", exc) from None
 

@@ -34,7 +34,7 @@ for _name in SWITCHES:
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 
 # A real PostgreSQL for the store's tests (skipped with the reason where no server exists).
-from pgserver import db_target, pg_url, postgres_server  # noqa: E402, F401
+from pgserver import db_target, pg_url, postgres_cluster, postgres_server  # noqa: E402, F401
 
 import clacky_ipy  # noqa: E402
 from clacky_ipy import client as client_module  # noqa: E402

@@ -64,20 +64,29 @@ class Cluster:
         self._run(
             f"{b}/initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"
         )
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server (again, after `pause`) and wait until it accepts connections."""
         options = [f"-k {self.base}", "-c listen_addresses=''", "-p 5432"]
         if not self.durable:
             options += ["-c fsync=off", "-c full_page_writes=off", "-c synchronous_commit=off"]
         options += [f"-c {setting}" for setting in self.settings]
         log = os.path.join(self.base, "server.log")
+        b = self.bindir
         self._run(f"{b}/pg_ctl", "-D", self.data, "-l", log, "-w", "-t", "60", "-o", " ".join(options), "start")
         self.started = True
-        return self
 
-    def stop(self) -> None:
+    def pause(self) -> None:
+        """Stop the server (fast: open sessions are cut), keeping its data for `resume`: an outage."""
         if self.started:
             command = [*self.as_user, f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"]
             subprocess.run(command, capture_output=True, timeout=120)
             self.started = False
+
+    def stop(self) -> None:
+        self.pause()
         shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> Cluster:

@@ -41,6 +41,19 @@ def postgres_server() -> Iterator[dict[str, str]]:
     if given:
         yield psycopg.conninfo.conninfo_to_dict(given)
         return
+    cluster = _started_cluster()
+    try:
+        yield cluster.params
+    finally:
+        cluster.stop()
+
+
+def _started_cluster() -> Cluster:
+    """A throwaway cluster, running; or the skip (or failure) saying why there is none."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg 3 is not installed (pip install 'clacky-ipy[postgres]')")
     bindir = server_binaries()
     if bindir is None:
         _unavailable("no PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin")
@@ -53,8 +66,15 @@ def postgres_server() -> Iterator[dict[str, str]]:
     except subprocess.CalledProcessError as exc:
         cluster.stop()
         _unavailable(f"the throwaway PostgreSQL did not start: {(exc.stderr or b'').decode(errors='replace')[-300:]}")
+    return cluster
+
+
+@pytest.fixture
+def postgres_cluster() -> Iterator[Cluster]:
+    """A cluster of this test's own, which it may stop and start (`pause`, `resume`): an outage."""
+    cluster = _started_cluster()
     try:
-        yield cluster.params
+        yield cluster
     finally:
         cluster.stop()
 
