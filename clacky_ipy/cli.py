@@ -382,9 +382,7 @@ def parser() -> argparse.ArgumentParser:
     f = sub.add_parser("forget", help="erase devices: their raw events and every rollup figure derived from them")
     f.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
     f.add_argument("device_id", nargs="+", metavar="DEVICE_ID", help="the device ids to forget")
-    f.set_defaults(
-        func=_forget, interrupted="every figure matches the events left; run the same forget again to finish"
-    )
+    f.set_defaults(func=_forget, interrupted="the devices are partly forgotten; run the same forget again to finish")
 
     d = sub.add_parser("demo", help="collector + quickstart notebook in a real kernel + report, offline")
     d.add_argument(

@@ -159,7 +159,7 @@ ARGUMENTS: dict[str, tuple[list[str], str]] = {
         ["--older-than", "7"],
         "interrupted; what was deleted so far is gone, the rest kept; run it again to finish",
     ),
-    "forget": (["device-1"], "interrupted; every figure matches the events left; run the same forget again to finish"),
+    "forget": (["device-1"], "interrupted; the devices are partly forgotten; run the same forget again to finish"),
 }
 
 
