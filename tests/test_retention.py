@@ -204,3 +204,25 @@ def test_collect_retain_days_prunes_while_it_serves(tmp_path):
             threading.Event().wait(0.05)
         first = c.retention.last.kept_from
         assert c.store.query("SELECT COUNT(*) FROM events WHERE received_at < ?", [first])[0][0] == 0
+
+
+def test_a_forget_cut_short_is_finished_by_running_it_again(db_target, second_db, monkeypatch):
+    """Stopped after the rollups were corrected but before the raw events went (where Ctrl-C
+    could land), a second `forget` finds those events again and ends where one would have."""
+    from clacky_ipy import retention
+
+    rows = events(5)
+    fill(db_target, rows)
+    real = retention._delete_ids
+
+    def cut(store, ids):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retention, "_delete_ids", cut)
+    with pytest.raises(KeyboardInterrupt):
+        forget(db_target, DEVICES[:1])
+    monkeypatch.setattr(retention, "_delete_ids", real)
+    forget(db_target, DEVICES[:1])
+    fill(second_db, [row for row in rows if row[2]["device_id"] != DEVICES[0]])
+    rebuild(second_db)
+    assert rollups(db_target) == rollups(second_db)
