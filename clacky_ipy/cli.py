@@ -193,7 +193,8 @@ def _prune(args: argparse.Namespace) -> int:
         lambda: prune(args.db, args.older_than),
         lambda done: (
             f"pruned {done.events:,} raw events received before {done.kept_from} and "
-            f"{done.device_rows:,} per-device rollup rows in {done.seconds:.1f} s"
+            f"{done.device_rows:,} per-device rollup rows in {done.seconds:.1f} s "
+            f"(longest transaction {done.longest_lock * 1000:.0f} ms)"
         ),
     )
 
@@ -206,7 +207,8 @@ def _forget(args: argparse.Namespace) -> int:
         lambda: forget(args.db, args.device_id),
         lambda done: (
             f"forgot {done.devices} device(s): {done.events:,} raw events and {done.device_rows:,} "
-            f"per-device rollup rows removed, {done.days:,} days of aggregates recomputed, in {done.seconds:.1f} s"
+            f"per-device rollup rows removed, {done.days:,} days of aggregates recomputed, in {done.seconds:.1f} s "
+            f"(longest transaction {done.longest_lock * 1000:.0f} ms)"
         ),
     )
 

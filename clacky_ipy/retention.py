@@ -39,6 +39,7 @@ class Pruned:
     device_rows: int
     kept_from: str
     seconds: float
+    longest_lock: float = 0.0
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Forgotten:
     device_rows: int
     days: int
     seconds: float
+    longest_lock: float = 0.0
 
 
 def scope(table: str) -> str:
@@ -65,6 +67,21 @@ def cutoff(days: int, now: datetime | None = None) -> str:
     return (today - timedelta(days=days)).isoformat()
 
 
+#: The longest transaction of the last `prune` or `forget` in this process (collectors waited for it).
+longest = [0.0]
+
+
+def _locked(store: Store, work: Any) -> Any:
+    """`work` in a transaction that holds collectors off, timed; then, on SQLite, the WAL moved into
+    the database by this process (a passive checkpoint), so a collector's next commit does not."""
+    start = time.perf_counter()
+    try:
+        return store.engine.locked(work)
+    finally:
+        longest[0] = max(longest[0], time.perf_counter() - start)
+        store.engine.checkpoint()
+
+
 def _in(values: Sequence[Any]) -> str:
     return "(" + ", ".join("?" * len(values)) + ")"
 
@@ -76,7 +93,7 @@ def _chunks(values: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
 def _delete_ids(store: Store, ids: Sequence[int]) -> None:
     """Delete these raw events, `DELETE_BATCH` a transaction."""
     for chunk in _chunks(ids, DELETE_BATCH):
-        store.engine.locked(lambda query, chunk=chunk: query(f"DELETE FROM events WHERE id IN {_in(chunk)}", chunk))
+        _locked(store, lambda query, chunk=chunk: query(f"DELETE FROM events WHERE id IN {_in(chunk)}", chunk))
 
 
 def _delete_rows(store: Store, table: str, where: str, params: Sequence[Any]) -> int:
@@ -93,7 +110,7 @@ def _delete_rows(store: Store, table: str, where: str, params: Sequence[Any]) ->
             for row in got:
                 query(f"DELETE FROM {table} WHERE {match}", list(row))
 
-        store.engine.locked(work)
+        _locked(store, work)
         removed += len(got)
 
 
@@ -117,6 +134,7 @@ def prune(db: Any, days: int, now: datetime | None = None) -> Pruned:
     rollups without a device id stay, so the report's totals keep the whole history."""
     start = time.perf_counter()
     first = cutoff(days, now)
+    longest[0] = 0.0
     with _opened(db, "could not prune") as store:
         events = last = 0
         while True:  # read a page by id (no lock), then delete its old rows in one short transaction
@@ -139,12 +157,12 @@ def prune(db: Any, days: int, now: datetime | None = None) -> Pruned:
                 device_rows += _delete_rows(store, table, "day < ?", [first])
             elif "last_seen" in columns:
                 device_rows += _delete_rows(store, table, "last_seen < ?", [first])
-        return Pruned(events, device_rows, first, time.perf_counter() - start)
+        return Pruned(events, device_rows, first, time.perf_counter() - start, longest[0])
 
 
 def _fence(store: Store) -> int:
     """The highest event id such that every event up to it is committed and every later one is not yet."""
-    got = store.engine.locked(lambda query: query("SELECT MAX(id) FROM events"))
+    got = _locked(store, lambda query: query("SELECT MAX(id) FROM events"))
     return int(got[0][0] or 0)
 
 
@@ -162,6 +180,7 @@ def forget(db: Any, devices: Sequence[str]) -> Forgotten:
     those of a database that never had these events (see the module's docstring)."""
     start = time.perf_counter()
     devices = sorted(set(devices))
+    longest[0] = 0.0
     with _opened(db, "could not forget") as store:
         events = days = device_rows = 0
         for _ in range(ROUNDS):  # another round only for what the devices sent during this one
@@ -169,7 +188,7 @@ def forget(db: Any, devices: Sequence[str]) -> Forgotten:
             events, days, device_rows = events + removed, days + recomputed, device_rows + rows
             if not again:
                 break
-        return Forgotten(len(devices), events, device_rows, days, time.perf_counter() - start)
+        return Forgotten(len(devices), events, device_rows, days, time.perf_counter() - start, longest[0])
 
 
 def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool]:
@@ -231,7 +250,7 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
                     query(UPSERT[table], [*key, *values])
 
     for day in days_list if "day" in tables.values() else []:
-        engine.locked(lambda query, day=day: replace(query, "day", day))
+        _locked(store, lambda query, day=day: replace(query, "day", day))
     # The raw events only once the rollups no longer count them: a forget cut short leaves events
     # a second one finds again. The fence's own row stays until the end: SQLite gives a new row
     # the highest id + 1, so while it is there every event stored meanwhile has an id above it.
@@ -260,7 +279,7 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
         for table, kind in tables.items()
         if kind == "device"
     }
-    device_rows, again = engine.locked(finish) if devices else (0, False)
+    device_rows, again = _locked(store, finish) if devices else (0, False)
     cleanup = [(f"DROP TABLE IF EXISTS {p}{t}", []) for p in recomputed.values() for t in ROLLUP_TABLES]
     engine.scratch([*cleanup, ("DROP TABLE forget_devices", []), ("DROP TABLE forget_days", [])])
     return len(ids), len(days_list), device_rows, again

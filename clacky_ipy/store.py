@@ -414,6 +414,9 @@ class _Engine:
         """A new, unconnected engine for the same database."""
         raise NotImplementedError
 
+    def checkpoint(self) -> None:
+        """After a large write: move it out of the write-ahead log without blocking writers."""
+
     # -- schema --------------------------------------------------------------------------------
     def prepare(self, create: bool, migrate: bool) -> None:
         """Check the database is ours (and current), and with `create` make what is missing."""
@@ -733,6 +736,12 @@ class _SQLite(_Engine):
 
     def sibling(self) -> _Engine:
         return _SQLite(self.file)
+
+    def checkpoint(self) -> None:
+        try:  # PASSIVE: never waits for, nor blocks, a writer; else the next commit would do it
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass
 
     def rebuild(self) -> int:
         try:
