@@ -54,6 +54,10 @@ SIZES = {
     "idle_connections": (2000, 200),
     "store_events": (10_000_000, 20_000),
     "store_devices": (5_000, 50),
+    "agent_reads": (5000, 300),  # worker reads of each SDK's result
+    "lab_rounds": (20, 3),  # JupyterLab page loads per config
+    "status_calls": (200, 20),
+    "reach_devices": (1_000_000, 2_000),  # distinct devices, two events each, through the store's API
     "service_rounds": (4, 1),  # interleaved ingest rounds: before / guard off / guard on
     "metrics_scrapes": (200, 20),
 }
@@ -516,7 +520,7 @@ def hooks_cost(shell: Any, n: int = 20000) -> dict[str, float]:
 
 def child_load(args: dict[str, Any]) -> dict[str, Any]:
     """Main-thread wall time of one `%load_ext` in this fresh process (cold imports)."""
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the notice prints once
+    sys.stdout = tempfile.TemporaryFile("w")  # noqa: SIM115 - the notice prints once, to a real file: it counts
     shell = shell_with_memory_history()
     t0 = time.perf_counter()
     shell.run_line_magic("load_ext", args["extension"])
@@ -754,6 +758,192 @@ def child_pg_batches(args: dict[str, Any]) -> dict[str, Any]:
     return {"events": n // size * size, "seconds": seconds}
 
 
+def _agent_results(llm: Any) -> dict[str, Any]:
+    """One real result of each installed SDK, from a real call to the fake LLM server (name -> result)."""
+    os.environ["OPENAI_AGENTS_DISABLE_TRACING"] = "1"
+    hi = [{"role": "user", "content": "hi"}]
+
+    def anthropic_message() -> Any:
+        import anthropic
+
+        client = anthropic.Anthropic(base_url=llm.url, api_key="x")
+        return client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=hi)
+
+    def openai_chat() -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=llm.openai_url, api_key="x").chat.completions.create(
+            model="gpt-4o-mini", messages=hi
+        )
+
+    def openai_responses() -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=llm.openai_url, api_key="x").responses.create(model="gpt-4o-mini", input="hi")
+
+    def openai_agents() -> Any:
+        import openai
+        from agents import Agent, OpenAIChatCompletionsModel, Runner
+
+        client = openai.AsyncOpenAI(base_url=llm.openai_url, api_key="x")
+        return Runner.run_sync(
+            Agent(name="a", model=OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=client)), "hi"
+        )
+
+    def langgraph_state() -> Any:
+        import warnings
+
+        from langchain_anthropic import ChatAnthropic
+        from langchain_core.tools import tool
+        from langgraph.prebuilt import create_react_agent
+
+        @tool
+        def weather() -> str:
+            """The weather."""
+            return "sunny"
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            agent = create_react_agent(
+                ChatAnthropic(model="claude-sonnet-4-5", base_url=llm.url, api_key="x"), [weather]
+            )
+        return agent.invoke({"messages": [("user", "hi")]})
+
+    def pydantic_ai() -> Any:
+        from pydantic_ai import Agent
+        from pydantic_ai.models.openai import OpenAIChatModel
+        from pydantic_ai.providers.openai import OpenAIProvider
+
+        provider = OpenAIProvider(base_url=llm.openai_url, api_key="x")
+        return Agent(OpenAIChatModel("gpt-4o-mini", provider=provider)).run_sync("hi")
+
+    def gemini() -> Any:
+        from google import genai
+        from google.genai import types
+
+        client = genai.Client(api_key="x", http_options=types.HttpOptions(base_url=llm.url))
+        return client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+
+    def mistral() -> Any:
+        from mistralai.client import Mistral
+
+        return Mistral(api_key="x", server_url=llm.url).chat.complete(model="mistral-small-latest", messages=hi)
+
+    def claude_result() -> Any:
+        from claude_agent_sdk import AssistantMessage, ResultMessage, TextBlock
+
+        usage = {"input_tokens": 120, "output_tokens": 30, "cache_read_input_tokens": 800}
+        usage["cache_creation_input_tokens"] = 200
+        assistant = AssistantMessage(content=[TextBlock(text="Done.")], model="claude-sonnet-4-5", usage=usage)
+        per_model = {"claude-sonnet-4-5": {"costUSD": 0.01, "provider": "firstParty"}}
+        result = ResultMessage(subtype="success", duration_ms=1, duration_api_ms=1, is_error=False, num_turns=1,
+                               session_id="s", total_cost_usd=0.01, usage=usage, model_usage=per_model)  # fmt: skip
+        return [assistant, result]
+
+    builders = {
+        "gem-shaped mapping": lambda: {"model": "m", "cache_stats": {"prompt_tokens": 10, "completion_tokens": 2}},
+        "anthropic Message": anthropic_message,
+        "openai ChatCompletion": openai_chat,
+        "openai Responses": openai_responses,
+        "openai-agents RunResult": openai_agents,
+        "claude-agent-sdk messages": claude_result,
+        "LangGraph state (2 AI messages)": langgraph_state,
+        "pydantic-ai AgentRunResult": pydantic_ai,
+        "google-genai response": gemini,
+        "mistralai response": mistral,
+    }
+    results = {}
+    for name, build in builders.items():
+        try:
+            results[name] = build()
+        except ImportError:
+            pass  # that SDK is not installed here
+    return results
+
+
+def child_agents(args: dict[str, Any]) -> dict[str, Any]:
+    """The worker's time to turn each SDK's result into the task event (`Client.task_fields`), in µs."""
+    from clacky_ipy import agents
+    from clacky_ipy.client import Client
+    from clacky_ipy.fakellm import FakeLLM
+
+    n = args["reads"]
+    tokens = agents.Run()
+    tokens.prompt, tokens.completion = 100, 10
+    t0 = time.perf_counter()
+    agents.estimate("gpt-4o-mini", "openai", tokens)  # before any SDK (pydantic-ai imports genai-prices too)
+    first_price_ms = (time.perf_counter() - t0) * 1000  # genai-prices' import and table load, once per process
+    with FakeLLM() as llm:
+        results = _agent_results(llm)
+    fill = {"model": None, "provider": None}
+    out: dict[str, Any] = {}
+    for name, result in results.items():
+        timings: dict[str, float] = {}
+        for label in ("read", "priced"):
+            agents._PRICES = False if label == "read" else None  # False: as without the `prices` extra
+            Client.task_fields(("magic", None, 5, result, fill, None))  # warm
+            samples = []
+            for _ in range(n):
+                t = time.perf_counter_ns()
+                Client.task_fields(("magic", None, 5, result, fill, None))
+                samples.append(time.perf_counter_ns() - t)
+            timings[label] = median_us(samples)
+        out[name] = timings
+    return {"results": out, "first_price_ms": first_price_ms}
+
+
+def child_jupyterlab(args: dict[str, Any]) -> dict[str, Any]:
+    """JupyterLab's page load with and without clacky-ipy's extensions, in interleaved rounds (one
+    server each, the browser's cache warm for all), a second server without them as the A/A
+    control, and the status endpoint's time. The notice was answered: the steady state."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from jupyterapp import CHROMIUM_ARGS, JupyterApp  # a real server in temporary directories
+    from playwright.sync_api import sync_playwright
+
+    from clacky_ipy import notice
+
+    work = Path(args["work"])
+    apps = {
+        "with": JupyterApp(work / "with"),
+        "without": JupyterApp(work / "without", serverext=False, labextension=False),
+        "without again": JupyterApp(work / "again", serverext=False, labextension=False),
+    }
+    apps["with"].clacky_home.mkdir(parents=True)
+    notice.mark_seen(apps["with"].clacky_home)
+    loads: dict[str, list[float]] = {name: [] for name in apps}
+    item: list[float] = []
+    try:
+        for app in apps.values():
+            app.start()
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=args["chromium"], args=CHROMIUM_ARGS)
+            pages = {name: browser.new_context().new_page() for name in apps}
+            names = list(apps)
+            for round_ in range(args["rounds"] + 1):
+                for name in names[round_ % 3 :] + names[: round_ % 3]:
+                    page, app = pages[name], apps[name]
+                    page.goto(f"{app.url}/lab?token={app.token}&reset", wait_until="domcontentloaded")
+                    page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
+                    ms = page.evaluate("async () => { await window.jupyterapp.restored; return performance.now(); }")
+                    if name == "with":
+                        page.locator("#clacky-telemetry-status").wait_for(state="visible", timeout=30_000)
+                        shown = page.evaluate("() => performance.now()")
+                    if round_:  # the first round warms the cache
+                        loads[name].append(ms)
+                        if name == "with":
+                            item.append(shown - ms)
+            browser.close()
+        status_ms = []
+        for _ in range(args["status_calls"]):
+            t0 = time.perf_counter()
+            apps["with"].api("clacky-telemetry/status")
+            status_ms.append((time.perf_counter() - t0) * 1000)
+    finally:
+        for app in apps.values():
+            app.stop()
+    return {"loads": loads, "item": item, "status_ms": status_ms}
+
+
 CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "cells": child_cells,
     "load": child_load,
@@ -766,6 +956,8 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "burst": child_burst,
     "ingest": child_ingest,
     "pg_batches": child_pg_batches,
+    "agents": child_agents,
+    "jupyterlab": child_jupyterlab,
 }
 
 
@@ -798,14 +990,50 @@ class Bench:
         full, quick = SIZES[name]
         return quick if self.quick else full
 
-    def home(self, name: str) -> Path:
+    def home(self, name: str, seen: bool = True) -> Path:
+        """A fresh Clacky home; `seen`: where a person saw the notice already (the children print
+        to /dev/null, where it would never count), so that what is measured is the usual path."""
         path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work))
+        if seen:
+            (path / "ipy-telemetry-notice-shown").write_text("shown\n")
         return path
 
     def row(self, what: str, measured: str, target: str, met: bool | None) -> None:
         self.rows.append({"what": what, "measured": measured, "target": target, "met": met})
         mark = {True: "met", False: "MISSED", None: "-"}[met]
         print(f"  {what:<52} {measured:<58} [{mark}]", flush=True)
+
+    def jupyterlab(self) -> None:
+        print("JupyterLab page load with and without the extension, status endpoint ...", flush=True)
+        import shutil
+
+        chromium = shutil.which("chromium")
+        try:
+            import jupyterlab  # noqa: F401
+            import playwright  # noqa: F401
+        except ImportError:
+            chromium = None
+        if chromium is None:
+            skipped = "skipped: no JupyterLab, Playwright or Chromium"
+            self.row("JupyterLab page load, with - without the extension", skipped, "<= 50 ms", None)
+            return
+        args = {"work": str(self.home("lab")), "chromium": chromium, "rounds": self.size("lab_rounds"),
+                "status_calls": self.size("status_calls")}  # fmt: skip
+        r = run_child("jupyterlab", args, {**os.environ, "PYTHONPATH": str(ROOT)}, timeout=1200)
+        self.results["jupyterlab"] = r
+        loads = r["loads"]
+        paired = [w - o for w, o in zip(loads["with"], loads["without"])]
+        control = [a - o for a, o in zip(loads["without again"], loads["without"])]
+        delta = statistics.mean(paired)
+        measured = (
+            f"{statistics.mean(loads['with']):.0f} vs {statistics.mean(loads['without']):.0f} ms: "
+            f"{delta:+.0f} ms (median {statistics.median(paired):+.0f}; A/A {statistics.mean(control):+.0f}), "
+            f"{len(paired)} rounds"
+        )
+        self.row("JupyterLab page load to app.restored, with - without", measured, "<= 50 ms", delta <= 50)
+        self.row("status-bar item visible after app.restored", f"{statistics.mean(r['item']):.0f} ms (mean)", "-", None)
+        self.row("GET /clacky-telemetry/status", f"median {statistics.median(r['status_ms']):.1f} ms, p95 "
+                 f"{sorted(r['status_ms'])[int(len(r['status_ms']) * 0.95) - 1]:.1f} ms", "-", None)  # fmt: skip
 
     # ---------------------------------------------------------------------------------------
     def cells(self) -> None:
@@ -911,9 +1139,7 @@ class Bench:
             pyc_existed = pyc.exists()
             for _ in range(n):  # interleaved, so drift hits every variant alike
                 for name, (ext, marker) in variants.items():
-                    home = self.home("load")
-                    if marker:
-                        (home / "ipy-telemetry-notice-shown").write_text("shown\n")
+                    home = self.home("load", seen=marker)
                     times[name].append(run_child("load", {"extension": ext}, child_env(home, url))["ms"])
                 for ext in no_pyc:  # a cache prefix with nothing in it: everything compiles from source
                     env = child_env(self.home("load"), url, PYTHONDONTWRITEBYTECODE="1")
@@ -1202,6 +1428,23 @@ class Bench:
             )
 
     # ---------------------------------------------------------------------------------------
+    def agents(self) -> None:
+        """The worker's time to read each SDK's result (real results of real calls to the fake LLM server)."""
+        print("agent results: the worker's time to build a task event from each SDK's result ...", flush=True)
+        r = run_child(
+            "agents", {"reads": self.size("agent_reads")}, child_env(self.home("agents"), "http://127.0.0.1:9")
+        )
+        self.results["agent_reads"] = r
+        for name, t in r["results"].items():
+            measured = f"{t['read']:.1f} µs; {t['priced']:.1f} µs with the price estimate"
+            self.row(f"worker reads: {name}", measured, "report it (worker thread)", None)
+        self.row(
+            "genai-prices' first estimate in a process",
+            f"{r['first_price_ms']:.0f} ms (import, table)",
+            "report it (worker thread)",
+            None,
+        )
+
     def report(self) -> None:
         """Reports from rollups at ten million events beside today's code, rebuild, PostgreSQL."""
         n, devices, days = self.size("store_events"), self.size("store_devices"), 90
@@ -1298,7 +1541,52 @@ class Bench:
                 f"<= {TARGETS['store_report_s']:.0f} s",
                 took <= TARGETS["store_report_s"],
             )
+        page = self.work / "report.html"
+        took, _ = timed_command("report", "--db", db, "--html", str(page), "--format", "json")
+        got["html"] = {"command_s": took, "bytes": page.stat().st_size}
+        self.row(
+            f"report --html at {n:,} events, {engine}: every figure and chart, one page",
+            f"{took:.2f} s whole command (median of 3), page {page.stat().st_size / 1024:,.0f} KiB",
+            "report it",
+            None,
+        )
         self.results["store_postgres" if engine == "PostgreSQL" else "store_sqlite"]["report_s"] = got
+
+    # ---------------------------------------------------------------------------------------
+    def devices(self) -> None:
+        """The report at a million distinct devices (two events each, written through the store's
+        own API as a collector does), SQLite and PostgreSQL: device figures cost no device count."""
+        n = self.size("reach_devices")
+        sys.path.insert(0, str(ROOT / "tests"))  # pgcluster.py: a throwaway PostgreSQL
+        db = self.work / "devices.db"
+        seconds = fill_devices(str(db), n)
+        self.row(f"ingest of {2 * n:,} events from {n:,} devices, SQLite (add_batch of 512)",
+                 f"{seconds:.0f} s ({2 * n / seconds:,.0f} events/s)", "report it", None)  # fmt: skip
+        self._device_report("SQLite", str(db), n)
+        from pgcluster import Cluster, server_binaries
+
+        bindir = server_binaries()
+        if bindir is None:
+            print("  (no PostgreSQL server binaries: the PostgreSQL rows are skipped)")
+            return
+        with Cluster(bindir, durable=True, settings=["shared_buffers=512MB", "max_wal_size=8GB"]) as cluster:
+            url = cluster.url()
+            seconds = fill_devices(url, n)
+            self.row(f"ingest of {2 * n:,} events from {n:,} devices, PostgreSQL (add_batch of 512)",
+                     f"{seconds:.0f} s ({2 * n / seconds:,.0f} events/s)", "report it", None)  # fmt: skip
+            self._device_report("PostgreSQL", url, n)
+
+    def _device_report(self, engine: str, db: str, n: int) -> None:
+        for name, flags in REPORTS.items():
+            took, out = timed_command("report", "--db", db, "--format", "json", *flags)
+            got = json.loads(out)
+            self.results.setdefault("devices", {})[f"{engine} {name}"] = {"command_s": took, "devices": n}
+            self.row(
+                f"report at {n:,} distinct devices ({2 * n:,} events), {engine}: {name}",
+                f"{took:.2f} s whole command (median of 3); {got['active_devices']:,} active devices",
+                f"<= {TARGETS['store_report_s']:.0f} s",
+                took <= TARGETS["store_report_s"],
+            )
 
     # -- the collector as a service: credentials, rate limits, /metrics, forget and prune --------
     def service(self) -> None:
@@ -1517,6 +1805,29 @@ def cached_old_sqlite(work: Path, quick: bool, n: int, devices: int, days: int) 
     return path
 
 
+def fill_devices(db: str, n: int) -> float:
+    """`n` distinct devices, each a startup and a task on one of 90 days, through `Store.add_batch`."""
+    from clacky_ipy.store import open_store
+
+    rng = random.Random(5)
+    store = open_store(db)
+    t0 = time.perf_counter()
+    batch: list[tuple[str, str, dict[str, Any]]] = []
+    today = datetime.now(timezone.utc).toordinal()
+    for i in range(n):
+        day = datetime.fromordinal(today - rng.randrange(90)).strftime("%Y-%m-%d")
+        device = {"device_id": f"{i:064x}", "ci": rng.random() < 0.1}
+        batch.append((f"{day}T08:00:00.000000Z", "startup", {**device, "version": f"0.{i % 7}", "os": "linux"}))
+        batch.append((f"{day}T09:00:00.000000Z", "task", {**device, "trigger": "magic", "model": MODELS[i % 4],
+                      "status": "success", "duration_ms": rng.randrange(1, 10_000)}))  # fmt: skip
+        if len(batch) >= 512:
+            store.add_batch(batch)
+            batch = []
+    store.add_batch(batch)
+    store.close()
+    return time.perf_counter() - t0
+
+
 def timed_command(*args: str, repeat: int = 3) -> tuple[float, str]:
     """Median wall time of `python -m clacky_ipy ARGS` (a fresh process each time), and its stdout."""
     timings, out = [], ""
@@ -1594,7 +1905,20 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], quick: bool) -> s
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("cells", "load", "endpoints", "drain", "latency", "burst", "collector", "report", "service")
+SECTIONS = (
+    "cells",
+    "load",
+    "endpoints",
+    "drain",
+    "latency",
+    "burst",
+    "collector",
+    "report",
+    "devices",
+    "jupyterlab",
+    "agents",
+    "service",
+)
 #: Parts of a section that can also run alone (`--only ingest`).
 PARTS = ("ingest", "idle", "service_ingest", "service_store")
 

@@ -27,6 +27,16 @@ def unload_ipython_extension(shell):
     unload(shell)
 
 
+def _jupyter_server_extension_points():
+    """The Jupyter Server extension (enabled by the jupyter_server_config.d file the wheel installs)."""
+    return [{"module": "clacky_ipy.serverext"}]
+
+
+def _jupyter_labextension_paths():
+    """The prebuilt JupyterLab / Notebook 7 extension, for tools that look for it here."""
+    return [{"src": "labextension", "dest": "clacky-ipy"}]
+
+
 __all__ = [
     "ClackyTelemetry",
     "__version__",

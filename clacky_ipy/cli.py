@@ -102,31 +102,35 @@ def _collect(args: argparse.Namespace) -> int:
 PLOT_FORMATS = ("png", "svg", "pdf")
 
 
-def _plot_target(path: str) -> tuple[str, str | None]:
-    """The file ``--plot path`` writes (``.png`` added to a name without a suffix, as matplotlib
-    would), and why it cannot be written, or None: checked before the report is printed."""
+def _plot_target(path: str, formats: Sequence[str] = PLOT_FORMATS, flag: str = "--plot") -> tuple[str, str | None]:
+    """The file ``--plot path`` (or ``--html``) writes (the first format's suffix added to a name
+    without one, as matplotlib would), and why it cannot be written, or None: checked before the
+    report is printed."""
     if path.endswith(("/", os.sep)) or os.path.basename(path) in ("", ".", ".."):
-        return path, f"--plot {path}: names a folder, not a file"
+        return path, f"{flag} {path}: names a folder, not a file"
     try:  # a name too long, a loop of links, a file where a folder should be: one line, no traceback
         if Path(path).is_dir():
-            return path, f"--plot {path}: is a folder, not a file"
+            return path, f"{flag} {path}: is a folder, not a file"
         suffix = os.path.splitext(path)[1]
         if not suffix:
-            path += "." + PLOT_FORMATS[0]
-        elif suffix[1:].lower() not in PLOT_FORMATS:
-            return path, f"--plot {path}: cannot draw {suffix} files; name a .png, .svg or .pdf file"
+            path += "." + formats[0]
+        elif suffix[1:].lower() not in formats:
+            names = [f".{f}" for f in formats]
+            named = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+            verb = "draw" if flag == "--plot" else "write"
+            return path, f"{flag} {path}: cannot {verb} {suffix} files; name a {named} file"
         target = Path(path)
         folder = target.parent
         if target.is_dir():
-            return path, f"--plot {path}: is a folder, not a file"
+            return path, f"{flag} {path}: is a folder, not a file"
         if not folder.is_dir():
             if folder.exists() or folder.is_symlink():
-                return path, f"--plot {path}: {folder} is not a folder"
-            return path, f"--plot {path}: the folder {folder} does not exist"
+                return path, f"{flag} {path}: {folder} is not a folder"
+            return path, f"{flag} {path}: the folder {folder} does not exist"
         if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-            return path, f"--plot {path}: cannot write in {folder}"
+            return path, f"{flag} {path}: cannot write in {folder}"
     except OSError as exc:
-        return path, f"--plot {path}: {exc.strerror or exc}"
+        return path, f"{flag} {path}: {exc.strerror or exc}"
     return path, None
 
 
@@ -135,30 +139,49 @@ def _report(args: argparse.Namespace) -> int:
     from .store import StoreError
 
     plot_path: str | None = None
-    if args.plot:
-        plot_path, problem = _plot_target(args.plot)
+    targets = [(flag, path) for flag, path in (("--plot", args.plot), ("--html", args.html)) if path]
+    for flag, path in targets:
+        target, problem = _plot_target(path, ("html",) if flag == "--html" else PLOT_FORMATS, flag)
         if problem:
             return _fail("report", problem)
+        if flag == "--plot":
+            plot_path = target
+        else:
+            args.html = target
+    if targets:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            return _fail("report", "--plot needs matplotlib: pip install 'clacky-ipy[plot]'")
+            return _fail("report", f"{targets[0][0]} needs matplotlib: pip install 'clacky-ipy[plot]'")
     try:
         data = report.build(args.db, days=args.days, exclude_ci=args.exclude_ci)
     except StoreError as exc:
         return _fail("report", str(exc))
     try:
-        sys.stdout.write(report.render(data, args.format))
+        if args.csv_table:
+            sys.stdout.write(report.csv_table(data, args.csv_table))
+        else:
+            sys.stdout.write(report.render(data, args.format))
         sys.stdout.flush()
     except BrokenPipeError:  # `| head`: the reader has what it wanted
         sys.stdout = None  # type: ignore[assignment]  # no second error at exit
         return 0
     if plot_path:
+        from . import plot
+
         try:
-            report.plot(data, plot_path)
+            plot.png(data, plot_path)
         except OSError as exc:
             return _fail("report", f"--plot {plot_path}: {exc.strerror or exc}")
         print(f"plot written to {plot_path}", file=sys.stderr)
+    if args.html:
+        from .report_html import page
+
+        try:
+            Path(args.html).write_text(page(data), encoding="utf-8")
+        except OSError as exc:
+            return _fail("report", f"--html {args.html}: {exc.strerror or exc}")
+        print(f"page written to {args.html}", file=sys.stderr)
     return 0
 
 
@@ -221,14 +244,20 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _telemetry(args: argparse.Namespace) -> int:
     """The same saved switch as ``%clacky_telemetry on|off``, from a shell; `status` without a session."""
-    from .client import Client
-    from .config import ClackyTelemetry, saved_choice_path
-    from .status import status_text
+    from .config import saved_choice_path
+    from .status import SESSION_CONFIG_NOTE, machine_status, save_choice, status_text
 
-    client = Client()  # this process's own: it sends nothing (no startup, no worker)
-    client.attach(ClackyTelemetry())
+    if args.action == "reset-id":
+        from .client import Client
+
+        try:
+            print(Client().reset_device_id())  # a client of its own: it sends nothing
+        except OSError as exc:
+            print(f"clacky-ipy telemetry: the device id was not changed: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.action in ("on", "off"):
-        error = client.set_user_off(args.action == "off")
+        error, reason = save_choice(args.action == "off")
         if error:
             print(f"clacky-ipy telemetry: {error}", file=sys.stderr)
             return 1
@@ -236,14 +265,20 @@ def _telemetry(args: argparse.Namespace) -> int:
         if args.action == "off":
             print(f"Telemetry is off: saved in {path}; every later IPython, Jupyter or Python session honours it.")
         else:
-            reason = client.off_reason()
             print(f"Saved choice: on ({path} removed).")
             print(f"Telemetry stays off: {reason}." if reason else "Telemetry is on.")
         return 0
-    print(status_text(client.switches(wait=5.0)))  # a one-shot command can wait for the device id
-    print("A session's configuration (c.ClackyTelemetry.enabled = False, %config) can also turn it off there.")
+    print(status_text(machine_status(wait=5.0)))  # a one-shot command can wait for the device id
+    print(SESSION_CONFIG_NOTE)
     return 0
 
+
+#: ``report --csv-table`` names (report.tables; listed here so --help needs no import of the report).
+CSV_TABLES = (
+    "daily", "models", "providers", "statuses", "triggers", "errors", "versions", "os", "python_versions",
+    "ipython_versions", "frontends", "containers", "launch_sources", "ci", "cohorts", "daily_models",
+    "daily_versions", "totals",
+)  # fmt: skip
 
 #: The longest --days: a century (a billion days is past the calendar's end).
 MAX_DAYS = 36_500
@@ -281,9 +316,10 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("telemetry", help="show telemetry's state, or turn it on or off for later sessions")
     t.add_argument(
-        "action", nargs="?", choices=("status", "on", "off"), default="status",
+        "action", nargs="?", choices=("status", "on", "off", "reset-id"), default="status",
         help="status (default): on or off and why, the saved choice's file, endpoint, device id; "
-        "on/off: the saved choice, the same as %%clacky_telemetry on/off",
+        "on/off: the saved choice, the same as %%clacky_telemetry on/off; "
+        "reset-id: a fresh random device id in the Clacky home's brand.yml",
     )  # fmt: skip
     t.set_defaults(func=_telemetry)
 
@@ -351,18 +387,34 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_collect)
 
     r = sub.add_parser("report", help="what the platform derives from a collector's database")
-    r.add_argument("--db", required=True, help="the collector's SQLite file")
+    r.add_argument("--db", required=True, help="the collector's database: an SQLite file or a postgresql:// URL")
     r.add_argument(
         "--days",
         type=_bounded(int, 1, MAX_DAYS, "a positive number of days"),
         help="only the last N days (default: everything)",
     )
-    r.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    r.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table (default), json, or csv: one figure per row (section, key, metric, value)",
+    )
+    r.add_argument(
+        "--csv-table",
+        metavar="NAME",
+        choices=CSV_TABLES,
+        help="print one table as CSV, one row per day or key with a header: " + ", ".join(CSV_TABLES),
+    )
     r.add_argument("--exclude-ci", action="store_true", help="leave out events sent from CI")
     r.add_argument(
         "--plot",
         metavar="FILE.png",
-        help="also draw daily active devices and tasks per day into a .png, .svg or .pdf file (.png if no suffix)",
+        help="also draw the report's charts into one .png, .svg or .pdf file (.png if no suffix)",
+    )
+    r.add_argument(
+        "--html",
+        metavar="FILE.html",
+        help="also write the report as one self-contained HTML page with its charts (needs the plot extra)",
     )
     r.set_defaults(func=_report, interrupted=UNCHANGED)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from . import notice, payload
+from . import agents, notice, payload
 from .config import (
     ClackyTelemetry,
     env_off_reason,
@@ -37,9 +38,11 @@ from .config import (
 from .identity import (
     brand_identity,
     clacky_home,
+    computed_device_id,
     detect_ci,
     detect_container,
     launch_source,
+    reset_device_id,
 )
 from .status import device_id_source
 from .transport import SKIP, Plan, Transport
@@ -77,9 +80,18 @@ except Exception:  # os.environ replaced by another mapping
     _ENV_KEYS = ()
 
 
+#: A line of a cell that is only this extension's own business: ``%clacky_telemetry ...``, a comment, blank.
+_OWN_LINE = re.compile(r"\s*(?:%clacky_telemetry(?:\s.*)?|#.*)?")
+
+
 def is_extension_cell(raw_cell: Any) -> bool:
-    """The cell that (re)loads this extension is never tracked."""
-    return isinstance(raw_cell, str) and "load_ext" in raw_cell and "clacky_ipy" in raw_cell
+    """The cell that (re)loads this extension, or whose whole source is ``%clacky_telemetry``
+    lines (status, log, flush, on, off), is never tracked: it is no task of the user's."""
+    if not isinstance(raw_cell, str):
+        return False
+    if "load_ext" in raw_cell and "clacky_ipy" in raw_cell:
+        return True
+    return "%clacky_telemetry" in raw_cell and all(_OWN_LINE.fullmatch(line) for line in raw_cell.splitlines())
 
 
 class Client:
@@ -109,10 +121,14 @@ class Client:
         self._saved_path: str | None = None  # where it is saved: the worker checks it before each send
         self._home_off: str | None = None  # why the saved choice cannot be checked (telemetry stays off)
         self._device_stored = False  # the device id was read from brand.yml
+        self._device_random = False  # ... and is not the derived one (reset-id, or the gem's own choice)
         self._context_thread: threading.Thread | None = None  # computing the context for status()
         self._config_off: str | None = None  # why the configuration keeps telemetry off
         self._debug = False
         self._listeners: list[Callable[[], None]] = []  # told when telemetry may have turned on or off
+        #: ``launch_source`` of an unattended run (papermill, nbclient...): its events are flagged
+        self.runner: str | None = None
+        self._notice_printed = False  # printed where it does not count (CI, an unattended run)
 
     def reset(self) -> None:
         """Forget everything, as a new process would (for tests)."""
@@ -135,6 +151,8 @@ class Client:
         self.notice_pending, self._notice_displayed = True, False
         self.notice_display = None
         self._policy_off = None
+        self.runner = None
+        self._notice_printed = False
 
     # -- configuration -----------------------------------------------------------
     @property
@@ -227,9 +245,29 @@ class Client:
             return False
         return True
 
+    def reset_device_id(self) -> str:
+        """``reset-id``: a fresh random device id in brand.yml, used from the next event on.
+        Returns the line to show; OSError (with its sentence) when it could not be written."""
+        path = reset_device_id(clacky_home())
+        self._context = None  # built again, from the new brand.yml, by the next event
+        return (
+            f"New random device id saved in {path} (mode 0600; the openclacky gem uses it too). "
+            "Events from now on carry it; it is not derived from your host or user names."
+        )
+
     def off_reason(self) -> str | None:
         """Why telemetry is off right now, or None when it is on."""
         return env_off_reason() or self.switched_off
+
+    def decided_by(self) -> str | None:
+        """Which switch keeps telemetry off, by the name status gives it (`SWITCH_NAMES`), or None when on."""
+        if env_off_reason():
+            return "environment"
+        if self._policy_off:
+            return "policy file"
+        if self._config_off:
+            return "config"
+        return "saved choice" if self._home_off or self._user_off else None
 
     def set_user_off(self, off: bool) -> str | None:
         """``%clacky_telemetry on|off``: persist the choice; returns an error text if it could not be saved."""
@@ -291,15 +329,16 @@ class Client:
         return len(self._held)
 
     def notice_displayed(self, print_to_stderr: bool = False) -> None:
-        """The notice is now where a person sees it: remember that, and send what waited for it."""
+        """A person has seen the notice: remember that, and send what waited for it.
+
+        With `print_to_stderr` (the Python API without the extension) it is printed first,
+        and counts only when stderr reaches a person in an attended run (see `notice`).
+        """
         with self._held_lock:
             if self._notice_displayed:
                 return
-            if print_to_stderr:
-                try:
-                    print(notice.NOTICE, file=sys.stderr, flush=True)
-                except Exception:
-                    return  # not displayed: stays pending
+            if print_to_stderr and not self._print_notice():
+                return  # not seen: stays pending
             self.notice_pending = False
             self._notice_displayed = True
         notice.mark_seen()
@@ -315,6 +354,26 @@ class Client:
                 self._notify()
         else:
             self._release(send=True)
+
+    def _print_notice(self) -> bool:
+        """Print the notice on stderr; True when that counts as a person seeing it."""
+        kernel = getattr(_shell(), "kernel", None)
+        runner = notice.unattended_runner(kernel)
+        if runner:
+            self.runner = runner
+        if notice.seen():
+            return True  # seen meanwhile elsewhere (another process, JupyterLab's notification)
+        if not notice.visible(sys.stderr):
+            return False  # printed nowhere: shown when stderr reaches someone
+        unattended = runner is not None or detect_ci()
+        if unattended and self._notice_printed:
+            return False
+        try:
+            print(notice.text(self.config), file=sys.stderr, flush=True)
+        except Exception:
+            return False
+        self._notice_printed = True
+        return not unattended  # in an unattended run's log, for whoever reads it: never consumed
 
     def _release(self, send: bool) -> None:
         """Hand the held events to the transport, or discard them (telemetry was turned off)."""
@@ -383,10 +442,12 @@ class Client:
         trigger, error, measured, result, fields, info = data
         if info is not None and is_extension_cell(getattr(info, "raw_cell", None)):
             return None
-        event = {**fields, **payload.task_metrics(result)} if fields else payload.task_metrics(result)
+        event = agents.task_metrics(result, fields)
         event["trigger"] = trigger
         event["status"] = payload.status_of(error, event.get("status"))
-        if event["status"] == "error" and error is not None:
+        if event["status"] != "error":
+            event.pop("error_kind", None)  # a class name only beside status error, even one passed by hand
+        elif error is not None:
             event["error_kind"] = payload.error_kind(error)
         if isinstance(measured, tuple):
             measured = round((measured[1] - measured[0]) * 1000)
@@ -416,6 +477,7 @@ class Client:
             with self._context_lock:
                 if self._context is None:
                     device_id, brand, self._device_stored = brand_identity(clacky_home())
+                    self._device_random = self._device_stored and device_id != computed_device_id()
                     ipython = sys.modules.get("IPython")
                     self._context = {
                         "device_id": device_id,
@@ -455,8 +517,13 @@ class Client:
             pass
 
     def build(self, event: str, fields: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The payload exactly as sent: shared context, then the event's fields, cleaned."""
-        return payload.clean(event, {**(context or self.context()), "frontend": self.frontend, **fields})
+        """The payload exactly as sent: the event's own fields, then the context, which only
+        the client fills (a caller's ``device_id=`` or ``frontend=`` never replaces it), cleaned."""
+        own = {key: value for key, value in fields.items() if key not in payload.CONTEXT_KEYS}
+        context = {**(context or self.context()), "frontend": self.frontend}
+        if self.runner:
+            context["launch_source"] = self.runner
+        return payload.clean(event, {**own, **context})
 
     def _plan(self, event: str, data: Any) -> Plan | None:
         """Called by the worker just before sending: the opt-out is checked again here,
@@ -542,14 +609,19 @@ class Client:
         return {
             "on": self.off_reason() is None,
             "off_reason": self.off_reason(),
+            "decided_by": self.decided_by(),
             "saved_choice": None if path is None else str(path),
             "saved_off": self._user_off,
+            # saved off when this session read it, removed since (`clacky-ipy telemetry on`): it stays off
+            "saved_off_removed": self._user_off and path is not None and not _exists(path),
             "endpoint": config.endpoint,
             "fallback_endpoints": list(config.fallback_endpoints),
             # exactly what is sent (made valid UTF-8, capped), not brand.yml's text as it is
             # "" when brand.yml's id is no id (`payload.DEVICE_ID`): events then go without one
             "device_id": None if context is None else payload.clean("startup", context).get("device_id", ""),
-            "device_id_source": None if context is None else device_id_source(home, self._device_stored),
+            "device_id_source": None
+            if context is None
+            else device_id_source(home, self._device_stored, self._device_random),
             "notice_pending": self.notice_pending,
             "waiting": self.waiting,
         }
@@ -569,6 +641,22 @@ class Client:
         }
 
 
+def _exists(path: Any) -> bool:
+    try:
+        return os.path.exists(path)
+    except (OSError, ValueError):
+        return True  # cannot tell: as it was read
+
+
+def _shell() -> Any:
+    """The running IPython shell, if any (never imports IPython)."""
+    ipython = sys.modules.get("IPython")
+    try:
+        return ipython.get_ipython() if ipython is not None else None
+    except Exception:
+        return None
+
+
 CLIENT = Client()
 os.register_at_fork(after_in_child=CLIENT.after_fork_in_child)
 
@@ -583,7 +671,7 @@ def startup() -> bool:
 
 
 def task(result: Any = None, **fields: Any) -> bool:
-    """Send a task event (trigger ``api``) with the metrics of the agent's `result` mapping.
+    """Send a task event (trigger ``api``) with the metrics of the agent's `result` (any SDK's, see `agents`).
 
     Keyword fields are payload keys (``model=``, ``provider=``, ``status=``,
     ``duration_ms=`` ...) that fill what the result lacks; unknown keys are
@@ -599,14 +687,32 @@ def task(result: Any = None, **fields: Any) -> bool:
 
 
 class Tracker:
-    """What `track()` yields: set `result` to attach the agent's metrics."""
+    """What `track()` yields: `add()` each agent or LLM result (summed), or set `result`."""
 
     result: Any = None
+
+    def __init__(self) -> None:
+        self._added: list[Any] = []
+
+    def add(self, result: Any) -> Any:
+        """Count one more result (any SDK's, see `agents`): read on the worker, summed; returns `result`."""
+        self._added.append(result)
+        return result
+
+    def results(self) -> Any:
+        """What the event is built from: `result`, and every result added, as one `agents.Runs`."""
+        if not self._added:
+            return self.result
+        return agents.Runs([*self._added, self.result] if self.result is not None else self._added)
 
 
 @contextmanager
 def track(model: str | None = None, provider: str | None = None) -> Iterator[Tracker]:
-    """Time a block and send one task event (trigger ``api``); exceptions pass through."""
+    """Time a block and send one task event (trigger ``api``); exceptions pass through.
+
+    ``t.add(result)`` each SDK call's result (summed: tokens, requests, cost; the last
+    model), or set ``t.result``; `model` and `provider` fill what the results lack.
+    """
     tracker = Tracker()
     start = time.perf_counter()
     error: BaseException | None = None
@@ -618,7 +724,7 @@ def track(model: str | None = None, provider: str | None = None) -> Iterator[Tra
     finally:
         try:
             duration = round((time.perf_counter() - start) * 1000)
-            CLIENT.task("api", error, duration, tracker.result, {"model": model, "provider": provider})
+            CLIENT.task("api", error, duration, tracker.results(), {"model": model, "provider": provider})
         except Exception:
             pass
 

@@ -176,6 +176,10 @@ def persist_off(off: bool, home: Path | None = None) -> None:
         path.unlink(missing_ok=True)
 
 
+#: What a refused endpoint means, said once, in the same sentence as the refusal.
+ENDPOINT_OFF = "so telemetry is off until a valid one is set"
+
+
 def _refusal(message: str) -> None:
     """One line on stderr: what was refused and what stays (never an endpoint's password)."""
     print(mask_credentials(f"clacky_ipy: {message}"), file=sys.stderr)
@@ -324,11 +328,12 @@ class ClackyTelemetry(Configurable):
                 super()._load_config(one, section_names, traits)
             except TraitError as err:
                 self._refused.append(name)
-                consequence = ""
                 if name == "endpoint":  # never fall back to the default hosts when meant elsewhere
-                    self.endpoint_problem = f"ClackyTelemetry.endpoint {url_problem(mine[name])}"
-                    consequence = "; telemetry is off until a valid endpoint is set"
-                _refusal(f"refused ClackyTelemetry.{name}: {err}; kept {old!r}{consequence}")
+                    problem = url_problem(mine[name])
+                    self.endpoint_problem = f"ClackyTelemetry.endpoint {problem}"
+                    _refusal(f"refused ClackyTelemetry.endpoint: {problem}, {ENDPOINT_OFF}")
+                else:
+                    _refusal(f"refused ClackyTelemetry.{name}: {err}; kept {old!r}")
 
     def update_config(self, config: Config) -> None:
         """``%config``: refused values are not kept, so they are not applied again later."""

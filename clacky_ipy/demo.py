@@ -2,7 +2,8 @@
 
 Offline and self-contained: the kernel's endpoint is the collector on a free
 loopback port and its Clacky home a temporary directory, so the real OpenClacky
-hosts are never contacted and the user's own settings are never touched.
+hosts are never contacted and the user's own settings are never touched; the
+notebook's real SDK cell calls a fake LLM server (`fakellm`) on loopback, never an LLM API.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
-from . import report, safe
+from . import notice, report, safe
 from .collector import Collector
+from .fakellm import FakeLLM
 
 #: Switches that would silence the demo's own local events; the demo's kernel drops them.
 LOCAL_ONLY_DROPPED = ("CLACKY_TELEMETRY", "DO_NOT_TRACK", "CLACKY_TELEMETRY_DEBUG", "CLACKY_LAUNCHED_BY")
@@ -32,14 +35,21 @@ def notebooks_dir() -> Path:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def kernel_env(endpoint: str, home: Path) -> dict[str, str]:
+#: Where the quickstart's real SDK cell finds the demo's fake LLM server (`fakellm`).
+LLM_URL_VARIABLE = "CLACKY_DEMO_LLM_URL"
+
+
+def kernel_env(endpoint: str, home: Path, llm_url: str | None = None) -> dict[str, str]:
     """The kernel's environment: this one, pointed at `endpoint`, with its own Clacky home.
 
     Loopback bypasses any proxy (``NO_PROXY``): a proxy in the user's shell would
-    otherwise receive, and drop, every event meant for the local collector.
+    otherwise receive, and drop, every event meant for the local collector. `llm_url`
+    is the fake LLM server's OpenAI base URL for the notebook's SDK cell.
     """
     env = {k: v for k, v in os.environ.items() if k not in LOCAL_ONLY_DROPPED}
     env.update(CLACKY_LICENSE_SERVER=endpoint, CLACKY_HOME=str(home), PYDEVD_DISABLE_FILE_VALIDATION="1")
+    if llm_url is not None:
+        env[LLM_URL_VARIABLE] = llm_url
     for name in ("NO_PROXY", "no_proxy"):
         env[name] = ",".join(part for part in (env.get(name, ""), *LOOPBACK) if part)
     return env
@@ -142,10 +152,6 @@ def _opted_out_at(nb: Any) -> int | None:
 
 def show_what_happened(nb: Any, received_before: dict[int, int], received: int) -> None:
     """What a newcomer wants to see: the notice, the status, a payload as received, the opt-out."""
-    notice = next((_text(c) for c in nb.cells if "clacky_ipy: usage telemetry" in _text(c)), "")
-    if notice:
-        print("The notice, as the kernel printed it in the loading cell (nothing was sent before it):")
-        print(_indented(notice) + "\n")
     status = next((_text(c) for c in nb.cells if c.source.strip() == "%clacky_telemetry status"), "")
     if status:
         print("%clacky_telemetry status, as the notebook showed it:")
@@ -196,9 +202,10 @@ def main(notebook: str | None = None, keep: str | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="clacky-demo-") as tmp:
         work = Path(tmp)
         db = kept or work / "events.db"
-        with Collector(db, port=0) as collector:
+        with Collector(db, port=0) as collector, FakeLLM() as llm:
             where = f"SQLite: {db}" if kept else f"SQLite: {db.name} in a temporary directory"
             print(f"Collector listening on {collector.url} ({where})")
+            print(f"Fake LLM server (OpenAI's API, known token usage) on {llm.url}: the notebook's SDK cell calls it")
             dropped = [name for name in LOCAL_ONLY_DROPPED[:2] if name in os.environ]
             if dropped:
                 names = ", ".join(dropped)
@@ -209,18 +216,32 @@ def main(notebook: str | None = None, keep: str | None = None) -> int:
             def count(index: int) -> None:
                 received_before[index] = len(collector.store.rows())
 
-            env = kernel_env(collector.url, work / "home")
+            # The notebook runs unattended (nbclient), where the notice never counts: the person
+            # running the demo reads it here, for the demo's own temporary Clacky home.
+            shown = notice.text(SimpleNamespace(endpoint=collector.url, fallback_endpoints=[]))
+            print("The notice, shown once per Clacky home (nothing is sent before it):")
+            print(_indented(shown) + "\n")
+            notice.mark_seen(work / "home")
+            env = kernel_env(collector.url, work / "home", llm.openai_url)
             nb = execute_notebook(path, env, work, progress=print, before_cell=count)
             print(f"Notebook done in {time.monotonic() - start:.1f} s.\n")
             rows = collector.store.rows()
         show_what_happened(nb, received_before, len(rows))
         print(f"Events received ({len(rows)}):")
-        print(f"  {'kind':<8} {'trigger':<7} {'status':<11} {'model':<18} {'duration_ms':>11}")
+        print(
+            f"  {'kind':<8} {'trigger':<7} {'status':<11} {'model':<18} {'duration_ms':>11} "
+            f"{'tokens in/out':>13} {'cost_usd':>10}"
+        )
         for row in rows:
             duration = row.get("duration_ms")
+            tokens = "/".join(
+                "" if row.get(k) is None else str(int(row[k])) for k in ("prompt_tokens", "completion_tokens")
+            )
+            cost = row.get("cost_usd")
             print(
                 f"  {row['kind']:<8} {row.get('trigger', ''):<7} {row.get('status', ''):<11} "
-                f"{row.get('model', ''):<18} {'' if duration is None else int(duration):>11}"
+                f"{row.get('model', ''):<18} {'' if duration is None else int(duration):>11} "
+                f"{'' if tokens == '/' else tokens:>13} {'' if cost is None else f'{cost:.6f}':>10}"
             )
         print()
         print(report.render(report.build(db)))

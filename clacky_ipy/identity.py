@@ -93,32 +93,99 @@ def read_brand_file(home: Path | None) -> dict[str, Any]:
     Opened without blocking (a FIFO would wait for a writer for ever) and read only
     when the open file is a regular one (not ``/dev/zero`` behind a symlink) of at
     most `MAX_BRAND_BYTES`; any error of reading or parsing (``OSError``, a YAML
-    error, ``RecursionError`` from deep nesting, ``MemoryError``) gives {}. Never
-    written here, and read on the worker thread, never while the user's thread waits.
+    error, ``RecursionError`` from deep nesting, ``MemoryError``) gives {}. Read on
+    the worker thread, never while the user's thread waits; written only by
+    `reset_device_id`, on the user's request.
     """
-    if home is None:
+    try:
+        data = _brand_text(home)
+        if data is None:
+            return {}
+        import yaml  # lazy: only the worker thread pays for it
+
+        data = yaml.safe_load(data)
+    except Exception:  # OSError, UnicodeDecodeError, YAMLError, RecursionError, MemoryError
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _brand_text(home: Path | None) -> str | None:
+    """brand.yml's text; None when there is none; raises when it is not a small regular UTF-8 file."""
+    if home is None:
+        return None
     try:
         fd = os.open(home / "brand.yml", os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except (OSError, ValueError):
-        return {}
+    except FileNotFoundError:
+        return None
     try:
         import stat
 
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_BRAND_BYTES:
-            return {}
+            raise OSError(f"{home / 'brand.yml'} is not a regular file of at most {MAX_BRAND_BYTES} bytes")
         raw = os.read(fd, MAX_BRAND_BYTES + 1)
         if len(raw) > MAX_BRAND_BYTES:
-            return {}  # grew while being read
-        import yaml  # lazy: only the worker thread pays for it
-
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except Exception:  # OSError, UnicodeDecodeError, YAMLError, RecursionError, MemoryError
-        return {}
+            raise OSError(f"{home / 'brand.yml'} grew while being read")
+        return raw.decode("utf-8")
     finally:
         os.close(fd)
-    return data if isinstance(data, dict) else {}
+
+
+def reset_device_id(home: Path | None) -> Path:
+    """Write a fresh random device id into ``brand.yml`` (the gem's file, so the gem uses it too):
+    64 lowercase hex characters like the derived one, mode 0600, by an atomic rename, every
+    other line of the file kept as it was. Returns the file's path.
+
+    Raises OSError (with a sentence to show) when the home cannot be resolved, or brand.yml
+    cannot be read as a YAML mapping or written: then nothing is changed.
+    """
+    import re
+    import secrets
+    import tempfile
+
+    import yaml
+
+    if home is None:
+        raise OSError("the Clacky home cannot be resolved")
+    path = home / "brand.yml"
+    try:
+        text = _brand_text(home) or ""
+        data = yaml.safe_load(text) if text.strip() else {}
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        raise OSError(f"{path} is not valid YAML ({type(exc).__name__}): not touching it") from None
+    if not isinstance(data, dict):
+        raise OSError(f"{path} does not hold a YAML mapping: not touching it")
+    new_id = secrets.token_hex(32)
+    wanted = {**data, "device_id": new_id}
+    line = re.compile(r"^device_id[ \t]*:.*$", re.M)
+    if "device_id" in data and len(line.findall(text)) == 1:
+        out = line.sub(f"device_id: {new_id}", text)
+    elif "device_id" not in data:
+        out = text + ("" if not text or text.endswith("\n") else "\n") + f"device_id: {new_id}\n"
+    else:
+        out = ""
+    try:
+        same = yaml.safe_load(out) == wanted
+    except Exception:
+        same = False
+    if not same:  # a layout the line edit cannot keep (flow style, a quoted key...): rewrite it whole
+        out = yaml.safe_dump(wanted, default_flow_style=False, sort_keys=False, allow_unicode=True)
+    home.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".brand.yml.", dir=home)  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(out)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
 
 
 def ruby_platform() -> str:

@@ -22,24 +22,26 @@ programmatic calls (``run_cell_magic``) and for what the transformer leaves alon
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
+import threading
 import weakref
 from time import perf_counter
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, needs_local_scope
 
+from . import logcomm, notice
 from .client import CLIENT, INTERRUPTED, LOG_SIZE
 from .config import ClackyTelemetry, saved_choice_path
-from .identity import detect_frontend
-from .notice import NOTICE
+from .identity import detect_ci, detect_frontend
 from .status import status_text
 
 #: What ``%clacky_telemetry`` accepts, for the usage line and for completion.
-TELEMETRY_COMMANDS = ("status", "on", "off", "log", "flush")
+TELEMETRY_COMMANDS = ("status", "on", "off", "log", "flush", "reset-id")
 #: What completion offers after ``%clacky_telemetry log``.
 LOG_COUNTS = ("10", "20", "50", "100")
 #: ``%%clacky`` / ``%clacky`` options, for completion.
@@ -68,6 +70,51 @@ def _options(text: str) -> dict[str, str]:
     return {name: value for name, value in _OPTION.findall(text)}
 
 
+#: The functions that transform a cell they then run with its hooks (IPython 8 and 9, ipykernel 6 and 7).
+_CELL_RUNNERS = ("_run_cell", "run_cell_async", "run_cell", "do_execute")
+
+
+def _top_level_run() -> bool:
+    """Whether the transformer runs for a cell IPython is about to run with its hooks: called
+    from ``transform_cell`` by the cell runner, not silent. Not: ``%time``/``%timeit``'s own
+    transformation of their line, an inspector, a silent run (``%run file.ipynb``, ``.ipy``):
+    those run no cell hooks, so ``%%clacky`` is left to the magic, which sends by itself."""
+    frame = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            return False
+        caller = frame.f_back
+        if frame.f_code.co_name == "transform_cell" and (caller is None or caller.f_code.co_name != "transform_cell"):
+            # the shell's transform_cell (over the TransformerManager's): who asked for it?
+            if caller is None or caller.f_code.co_name not in _CELL_RUNNERS:
+                return False
+            return not caller.f_locals.get("silent", False)
+        frame = caller
+    return False
+
+
+class _CellState(threading.local):
+    """The cells running on one thread: ipykernel 7's subshells run cells on several at once."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[Any, float]] = []  # (ExecutionInfo, start) of running cells
+        self.claimed = False  # the running top-level cell was already tracked by %%clacky
+        # %%clacky cells: options of cells transformed but not started yet, then (info, options, start)
+        self.pending: list[tuple[dict[str, str], float]] = []
+        self.marked: list[tuple[Any, dict[str, str], float]] = []
+        self.last_marked: Any = None  # the ExecutionInfo of the last %%clacky cell that sent its event
+
+
+def _thread_state(name: str) -> property:
+    def get(self: Any) -> Any:
+        return getattr(self._state, name)
+
+    def set_(self: Any, value: Any) -> None:
+        setattr(self._state, name, value)
+
+    return property(get, set_, doc=f"This thread's {name} (see _CellState).")
+
+
 def _seen_by_a_person(shell: Any, info: Any) -> bool:
     """Whether a cell's output is where a person reads it.
 
@@ -92,15 +139,14 @@ class ClackyMagics(Magics):
     def __init__(self, shell: Any, telemetry: ClackyTelemetry) -> None:
         super().__init__(shell)  # also appends self to shell.configurables
         self.telemetry = telemetry
-        self._frames: list[tuple[Any, float]] = []  # (ExecutionInfo, start) of running cells
-        self._claimed = False  # the running top-level cell was already tracked by %%clacky
+        self._state = _CellState()
         self._notice_pending = False
         self._hooked = self._notice_hooked = False
-        # %%clacky cells: options of cells transformed but not started yet, then (info, options, start)
-        self._pending: list[tuple[dict[str, str], float]] = []
-        self._marked: list[tuple[Any, dict[str, str], float]] = []
         self._marked_hooked = False
-        self._last_marked: Any = None  # the ExecutionInfo of the last %%clacky cell that sent its event
+        self._marked_threads: set[int] = set()  # threads with a %%clacky cell pending or running
+        self._marked_lock = threading.Lock()
+        self._clear_watch: tuple[Any, Any] | None = None  # (display publisher, its wrapped clear_output)
+        self._cleared = False
 
         def transformer(lines: list[str]) -> list[str]:
             return self._transform(lines)
@@ -109,14 +155,21 @@ class ClackyMagics(Magics):
         self.transformer = transformer
         self.matcher: Any = None  # the completion matcher, registered while loaded
 
+    _frames = _thread_state("frames")
+    _claimed = _thread_state("claimed")
+    _pending = _thread_state("pending")
+    _marked = _thread_state("marked")
+    _last_marked = _thread_state("last_marked")
+
     # -- hooks (every tracked cell pays for these: keep them short) --------------------
     def pre_run_cell(self, info: Any) -> None:
-        self._frames.append((info, perf_counter()))
+        self._state.frames.append((info, perf_counter()))
 
     def post_run_cell(self, result: Any) -> None:
         end = perf_counter()
         try:
-            frames = self._frames
+            state = self._state
+            frames = state.frames
             if not frames:
                 return  # no pre_run_cell: the cell that loaded the extension
             if result is not None and frames[-1][0] is result.info:
@@ -130,8 +183,8 @@ class ClackyMagics(Magics):
                 if _running(frames[0][0]):
                     return  # a nested run, e.g. the body of %%clacky
                 frames.clear()  # they ended unseen: this cell is top-level, and so are the next ones
-            claimed, self._claimed = self._claimed, False
-            if claimed or info is self._last_marked or (self._marked and self._marked[-1][0] is info):
+            claimed, state.claimed = state.claimed, False
+            if claimed or info is state.last_marked or (state.marked and state.marked[-1][0] is info):
                 return  # a %%clacky cell sends its own event
             # ipykernel passes None for an interrupted async cell
             error = INTERRUPTED if result is None else (result.error_before_exec or result.error_in_exec)
@@ -194,18 +247,40 @@ class ClackyMagics(Magics):
                 head, out = _CELL_HEAD.fullmatch(lines[1]), [first, *lines[2:]]
             else:
                 return lines
-            if head is None or not "".join(out).strip():
+            if head is None or not "".join(out).strip() or not _top_level_run():
                 return lines
-            self._pending.append((_options(head.group(1)), perf_counter()))
+            self._pending.append((_options(self._expand(head.group(1))), perf_counter()))
             self._hook_marked(True)
             return out
         except Exception:
             return lines
 
-    def _hook_marked(self, on: bool) -> None:
-        if on != self._marked_hooked:
-            self._hook(on, ("pre_run_cell", self._marked_pre), ("post_run_cell", self._marked_post))
-            self._marked_hooked = on
+    def _expand(self, text: str) -> str:
+        """``{var}`` and ``$var`` in the options, from the user's namespace, as IPython expands
+        a magic's line: the same value through the transformer as through the magic."""
+        if "{" not in text and "$" not in text:
+            return text
+        try:
+            from IPython.utils.text import DollarFormatter
+
+            # what var_expand does for a magic called at top level, whose frame's locals are user_ns
+            return DollarFormatter().vformat(text, args=[], kwargs=self.shell.user_ns.copy())
+        except Exception:
+            return text  # as IPython leaves a line it cannot expand
+
+    def _hook_marked(self, on: bool, everyone: bool = False) -> None:
+        """Register the %%clacky hooks while any thread has a marked cell pending or running."""
+        with self._marked_lock:
+            if on:
+                self._marked_threads.add(threading.get_ident())
+            elif everyone:
+                self._marked_threads.clear()
+            else:
+                self._marked_threads.discard(threading.get_ident())
+            want = bool(self._marked_threads)
+            if want != self._marked_hooked:
+                self._hook(want, ("pre_run_cell", self._marked_pre), ("post_run_cell", self._marked_post))
+                self._marked_hooked = want
 
     def _marked_pre(self, info: Any) -> None:
         """The transformed cell starts: bind its options to its ExecutionInfo."""
@@ -259,21 +334,90 @@ class ClackyMagics(Magics):
 
     # -- notice -------------------------------------------------------------------
     def show_notice(self) -> None:
-        """Print the first-run notice once per Clacky home, while telemetry is on."""
+        """Print the first-run notice once per Clacky home, while telemetry is on.
+
+        It counts as seen when it went to a stream a person reads (not a capture, not
+        /dev/null), in an attended run (not CI, not a kernel driven by nbclient or
+        papermill), and the cell that printed it ended without clearing its output.
+        """
         if CLIENT.off_reason():
             return  # stays pending: shown when telemetry is turned on
+        runner = self._learn_runner()
+        if notice.seen():  # seen meanwhile elsewhere (another session, JupyterLab's notification)
+            self._notice_pending = False
+            CLIENT.notice_displayed()
+            self.sync_hooks()
+            return
+        if not notice.visible(sys.stdout):
+            self._notice_pending = True  # captured or sent nowhere: the next cell shows it
+            self._arm_notice()
+            return
         self._notice_pending = False
-        print(NOTICE, flush=True)
-        # The events that waited leave when this cell ends, so that a cell that reads the
-        # notice and opts out (`%load_ext clacky_ipy` then `%clacky_telemetry off`) sends nothing.
-        self.shell.events.register("post_run_cell", self._notice_read)
+        print(notice.text(self.telemetry), flush=True)
+        if runner is None and not detect_ci():
+            # The events that waited leave when this cell ends, so that a cell that reads the notice
+            # and opts out (`%load_ext clacky_ipy` then `%clacky_telemetry off`) sends nothing.
+            self._watch_clear(True)
+            self.shell.events.register("post_run_cell", self._notice_read)
+        # else: in the run's output for whoever reads it later, but never consumed
         self.sync_hooks()  # the notice's own hook is done
 
     def _notice_read(self, result: Any = None) -> None:
-        """post_run_cell of the cell that showed the notice: once, then let the events go."""
+        """post_run_cell of the cell that showed the notice: once, then let the events go,
+        unless the cell cleared its output (then the next cell shows it again)."""
         try:
             self._hook(False, ("post_run_cell", self._notice_read))
+            if self._watch_clear(False):
+                self._notice_pending = True
+                self._arm_notice()
+                return
             CLIENT.notice_displayed()
+        except Exception:
+            pass
+
+    def _arm_notice(self) -> None:
+        if not self._notice_hooked:
+            self._hook(True, ("pre_run_cell", self._notice_hook))
+            self._notice_hooked = True
+
+    def _watch_clear(self, on: bool) -> bool:
+        """Note a ``clear_output()`` while the notice's cell runs (IPython's display publisher
+        carries it, in a kernel and a terminal); returns whether one happened."""
+        watch, self._clear_watch = self._clear_watch, None
+        if watch is not None:
+            publisher, wrapper = watch
+            if publisher.__dict__.get("clear_output") is wrapper:
+                del publisher.clear_output
+        if not on:
+            return self._cleared
+        self._cleared = False
+        publisher = self.shell.display_pub
+        original = publisher.clear_output
+
+        def clear_output(*args: Any, **kwargs: Any) -> Any:
+            self._cleared = True
+            return original(*args, **kwargs)
+
+        try:
+            publisher.clear_output = clear_output
+            self._clear_watch = (publisher, clear_output)
+        except Exception:
+            pass
+        return False
+
+    def _learn_runner(self) -> str | None:
+        """In a kernel, whether the request running now comes from an unattended runner; remembered,
+        so that the process's events carry it as ``launch_source``."""
+        runner = notice.unattended_runner(getattr(self.shell, "kernel", None))
+        if runner:
+            CLIENT.runner = runner
+        return CLIENT.runner
+
+    def _runner_hook(self, info: Any) -> None:
+        """pre_run_cell, once, in a kernel loaded at start-up: the first request tells who drives it."""
+        try:
+            self._hook(False, ("pre_run_cell", self._runner_hook))
+            self._learn_runner()
         except Exception:
             pass
 
@@ -286,8 +430,9 @@ class ClackyMagics(Magics):
             pass
 
     # -- magics -------------------------------------------------------------------
+    @needs_local_scope
     @line_cell_magic
-    def clacky(self, line: str, cell: str | None = None) -> None:
+    def clacky(self, line: str, cell: str | None = None, local_ns: Any = None) -> Any:
         """Run an agent cell and send one task event (trigger ``magic``).
 
         Usage::
@@ -301,13 +446,16 @@ class ClackyMagics(Magics):
         of its last expression, a trailing ``;`` and tracebacks behave as in any
         cell, and when it fails the cell fails. The agent's metrics come from the
         variable NAME in the user namespace (``--result``), else from the value
-        of the last expression when it is a mapping shaped like the gem's
+        of the last expression: an agent or LLM SDK's result (a list of them is
+        summed; see `clacky_ipy.agents`) or a mapping shaped like the gem's
         ``Agent#run`` result. ``--model`` / ``--provider`` fill those keys when
         the result lacks them.
 
-        Called programmatically (``run_cell_magic``/``run_line_magic``), the
-        body runs through ``run_cell`` inside the calling cell, where top-level
-        ``await`` is not available in a running event loop.
+        The line form inside a statement (``r = %clacky agent()``, ``%time %clacky
+        agent()``) evaluates STATEMENT as ``%time`` does and returns its value; its
+        exception goes on into the calling cell. Called programmatically
+        (``run_cell_magic``), the body runs through ``run_cell`` inside the calling
+        cell, where top-level ``await`` is not available in a running event loop.
         """
         if cell is None and _ONLY_OPTIONS.fullmatch(line):
             raise UsageError(_NO_STATEMENT)  # `%clacky --model m`: never run the options as code
@@ -318,11 +466,16 @@ class ClackyMagics(Magics):
         if not body.strip():
             raise UsageError(_NO_STATEMENT)
         shell = self.shell
-        outer = shell.displayhook.exec_result  # the ExecutionResult of the cell running this magic
         self._claimed = bool(self._frames)
+        if cell is None:
+            tree = self._statement(body)
+            if tree is not None:
+                return self._evaluate(opts, body, tree, local_ns)
+        outer = shell.displayhook.exec_result  # the ExecutionResult of the cell running this magic
+        silent = bool(getattr(getattr(outer, "info", None), "silent", False))  # `%run file.ipynb` stays silent
         start = perf_counter()
         try:
-            inner = shell.run_cell(body, store_history=False)
+            inner = shell.run_cell(body, store_history=False, silent=silent)
         finally:
             shell.displayhook.exec_result = outer  # the nested run reset it
         duration = round((perf_counter() - start) * 1000)
@@ -333,10 +486,47 @@ class ClackyMagics(Magics):
             pass  # never the cell's problem
         if error is not None and outer is not None:
             outer.error_in_exec = error  # the cell fails (Run All stops); the traceback was shown once
+        return None
+
+    def _statement(self, statement: str) -> ast.Module | None:
+        """The line form's statement as IPython would run it (magics and ``!`` turned into code, AST
+        transformers applied); None for what only the cell runner can run (``await``, a syntax error)."""
+        try:
+            tree = self.shell.transform_ast(self.shell.compile.ast_parse(self.shell.transform_cell(statement)))
+        except Exception:
+            return None
+        asynchronous = (ast.Await, ast.AsyncFor, ast.AsyncWith, ast.AsyncFunctionDef)
+        return None if any(isinstance(node, asynchronous) for node in ast.walk(tree)) else tree
+
+    def _evaluate(self, opts: dict[str, Any], statement: str, tree: ast.Module, local_ns: Any) -> Any:
+        """Run the line form's statement, as ``%time`` does: its value is returned, its exception goes on."""
+        __tracebackhide__ = True  # IPython leaves this frame out of the traceback
+        shell = self.shell
+        namespace = shell.user_ns if local_ns is None else local_ns
+        filename = shell.compile.cache(statement)  # so a traceback shows the statement's line
+        value: Any = None
+        error: BaseException | None = None
+        start = perf_counter()
+        try:
+            if len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr):
+                value = eval(
+                    shell.compile(ast.Expression(tree.body[0].value), filename, "eval"), shell.user_global_ns, namespace
+                )
+            else:
+                exec(shell.compile(tree, filename, "exec"), shell.user_global_ns, namespace)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            try:
+                self._send(opts, error, round((perf_counter() - start) * 1000), value)
+            except Exception:
+                pass  # never the cell's problem
+        return value
 
     def _agent_result(self, name: str | None, last_value: Any) -> Any:
         if not name:
-            return last_value  # task_metrics reads it only when it is a Mapping
+            return last_value  # read by shape on the worker (agents.task_metrics)
         name = _unquote(name)
         if name not in self.shell.user_ns:
             print(f"clacky_ipy: --result {name}: no such variable; sent without agent metrics", file=sys.stderr)
@@ -344,13 +534,14 @@ class ClackyMagics(Magics):
 
     @line_magic
     def clacky_telemetry(self, line: str) -> None:
-        """Show or change telemetry: ``%clacky_telemetry [status|on|off|log [N]|flush]``.
+        """Show or change telemetry: ``%clacky_telemetry [status|on|off|log [N]|flush|reset-id]``.
 
         ``off`` persists in the Clacky home ($CLACKY_HOME, default ~/.clacky) so
         later sessions honour it, until ``on`` (``clacky-ipy telemetry on|off`` in a
         shell is the same switch). ``log [N]`` shows the last N (default 20, at
         most 100) events of this process: path, exact JSON payload and outcome.
         ``flush`` waits (at most shutdown_timeout) until everything queued was delivered.
+        ``reset-id`` writes a fresh random device id into brand.yml (the gem uses it too).
         """
         command, _, rest = line.strip().partition(" ")
         command = command.lower() or "status"
@@ -372,6 +563,11 @@ class ClackyMagics(Magics):
                 print("Telemetry is on.")
                 if self._notice_pending:
                     self.show_notice()
+        elif command == "reset-id":
+            try:
+                print(CLIENT.reset_device_id())
+            except OSError as exc:
+                print(f"clacky_ipy: the device id was not changed: {exc.strerror or exc}", file=sys.stderr)
         elif command == "flush":
             timeout = self.telemetry.shutdown_timeout
             drained = CLIENT.flush()
@@ -384,7 +580,9 @@ class ClackyMagics(Magics):
                 else f"Waiting for the notice: {waiting} events; they leave when the cell that shows it ends."
             )
         else:
-            raise UsageError(f"unknown argument {line.strip()!r}: use %clacky_telemetry [status|on|off|log [N]|flush]")
+            raise UsageError(
+                f"unknown argument {line.strip()!r}: use %clacky_telemetry [status|on|off|log [N]|flush|reset-id]"
+            )
 
 
 def _close(stack: list[Any], result: Any) -> tuple[int, Any] | None:
@@ -457,7 +655,7 @@ def log_text(n: int) -> str:
         return "No telemetry events in this process yet."
     lines = [f"Last {len(entries)} telemetry events of this process (kept in memory only, at most {LOG_SIZE}):"]
     for entry in entries:
-        when = datetime.fromtimestamp(entry["time"]).strftime("%H:%M:%S")
+        when = datetime.fromtimestamp(entry["time"]).astimezone().isoformat(timespec="seconds")  # local, with offset
         lines.append(f"{when}  POST {entry['path']}  {entry['outcome']}")
         lines.append(f"    {entry['payload'] if entry['payload'] is not None else '(payload never built)'}")
     return "\n".join(lines)
@@ -520,6 +718,11 @@ def load(shell: Any) -> None:
         completer.custom_matchers.append(magics.matcher)
     # before attach: attaching may send a pending startup, which must wait for this notice
     CLIENT.notice_display = magics.show_notice  # the events wait for it, in a cell's output
+    if getattr(shell, "kernel", None) is not None:
+        if _running_cell(shell) is None:
+            shell.events.register("pre_run_cell", magics._runner_hook)
+        else:
+            magics._learn_runner()
     CLIENT.attach(telemetry, frontend=detect_frontend(shell))
     CLIENT.startup()
     magics._notice_pending = CLIENT.notice_pending
@@ -527,6 +730,7 @@ def load(shell: Any) -> None:
         magics.show_notice()  # loaded from a cell: tell the user in it
     CLIENT.listen(magics.sync_hooks)
     magics.sync_hooks()
+    logcomm.register(shell)
 
 
 def unload(shell: Any) -> None:
@@ -535,13 +739,16 @@ def unload(shell: Any) -> None:
     if magics is None:
         return
     CLIENT.unlisten(magics.sync_hooks)
+    logcomm.unregister(shell)
     completer = getattr(shell, "Completer", None)
     if completer is not None and magics.matcher in completer.custom_matchers:
         completer.custom_matchers.remove(magics.matcher)
     if CLIENT.notice_display == magics.show_notice:
         CLIENT.notice_display = None
     magics.sync_hooks(loaded=False)
-    magics._hook_marked(False)
+    magics._hook(False, ("pre_run_cell", magics._runner_hook), ("post_run_cell", magics._notice_read))
+    magics._watch_clear(False)
+    magics._hook_marked(False, everyone=True)
     magics._pending.clear()
     magics._marked.clear()
     shell.input_transformers_cleanup[:] = [t for t in shell.input_transformers_cleanup if t is not magics.transformer]

@@ -60,8 +60,22 @@ KEYS: dict[str, dict[str, str]] = {
         "cache_read_tokens": NUM,
         "cache_total_requests": NUM,
         "cache_hit_requests": NUM,
+        "launch_source": STR,
     },
 }
+
+#: The keys only the client fills, the same for every event of a process: what a caller's
+#: keyword fields (``task(device_id=...)``) can never replace.
+CONTEXT_KEYS = frozenset(
+    {"device_id", "version", "brand", "frontend", "ci", "container", "os", "python_version", "ipython_version",
+     "launch_source"}
+)  # fmt: skip
+
+#: ``launch_source``: the gem's two (``installer`` when ``CLACKY_LAUNCHED_BY=installer``, else
+#: ``cli``), then the runners that drive a kernel with no person at it. Their events are sent
+#: only where a person saw the notice before, and a report can leave them out by this key.
+UNATTENDED_RUNNERS = ("papermill", "nbconvert", "nbclient")
+LAUNCH_SOURCES = ("cli", "installer", *UNATTENDED_RUNNERS)
 
 #: Union of both events' keys, in a stable order: the collector's columns.
 COLUMNS: dict[str, str] = {**KEYS["startup"], **KEYS["task"]}

@@ -9,15 +9,18 @@ Raw events are kept as they always were (the ``events`` table). Next to them, in
 SAME transaction as each batch of raw rows, the store keeps the rollups every report
 figure is read from (so a report costs the same at ten thousand or ten million events):
 
-- ``rollup_daily``: per day, event kind, CI flag and dimension (``all``, status, model,
-  provider, trigger, frontend, launch_source) the number of events and the sums of cost
-  and tokens;
+- ``rollup_daily``: per day, event kind, CI flag, run (agent run or tracked cell), dimension
+  (``all``, status, model, provider, version, os...) and cost source, the number of events and
+  errors and the sums of cost and tokens;
 - ``rollup_device_days``: which devices were active each day (startups and tasks, from CI
   and not), one row per device and day;
-- ``rollup_devices``: each device's first and last event;
-- ``rollup_durations``: per status, day and CI flag a log-bucket histogram of
-  ``duration_ms`` (each bucket's count, smallest and largest value): mergeable across
-  days, so percentiles over any window are within `ALPHA` of the true value.
+- ``rollup_devices``: each device's first and last event, and its latest startup (per scope);
+- ``rollup_reach``: every device's part in the device figures, summed (see reach.py): daily,
+  weekly and monthly active devices, new devices, cohorts and adoption without counting devices;
+- ``rollup_durations``: per run, status (and model, provider), day and CI flag a log-bucket
+  histogram of ``duration_ms`` (each bucket's count, smallest and largest value): mergeable
+  across days, so percentiles over any window are within `ALPHA` of the true value;
+  ``rollup_durations_total`` the same over all days (what a report of everything reads).
 
 `rebuild` recomputes every rollup from the raw events: repair, and the migration of a
 database written by an earlier version (which has raw events only).
@@ -26,19 +29,22 @@ database written by an earlier version (which has raw events only).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Union
 
-from . import payload
+from . import payload, reach
 
 #: A query inside `locked`: ``query(sql, params)`` -> its rows (none for a statement).
 Query = Callable[..., list]
@@ -47,11 +53,13 @@ Query = Callable[..., list]
 SUMS = payload.AMOUNTS
 #: The dimensions each event is counted by (besides ``all``), one rollup row each.
 DIMS: dict[str, tuple[str, ...]] = {
-    "task": ("status", "model", "provider", "trigger", "frontend"),
-    "startup": ("launch_source", "frontend"),
+    "task": ("status", "model", "provider", "trigger", "frontend", "version", "error_kind"),
+    "startup": ("launch_source", "frontend", "version", "os", "python_version", "ipython_version", "container"),
 }
+#: The dimensions duration histograms are kept by, per kind of run (models and providers: agent runs).
+DURATION_DIMS: dict[str, tuple[str, ...]] = {"agent": ("status", "model", "provider"), "cell": ("status",)}
 #: Bumped when the rollups change meaning; a database without it needs `rebuild`.
-SCHEMA = "3"
+SCHEMA = "4"
 
 #: Relative accuracy of the duration histograms' buckets. The report rounds what it shows by
 #: at most another 0.05 %: percentiles are within 0.6 % of the true nearest-rank value.
@@ -64,6 +72,16 @@ ZERO_BUCKET = -(10**6)
 #: CI as a rollup key: -1 not said, 0 not CI, 1 CI (``--exclude-ci`` keeps ci <> 1).
 CI_SQL = "CASE WHEN ci IS NULL THEN -1 WHEN ci = 0 THEN 0 ELSE 1 END"
 DAY_SQL = "substr(received_at, 1, 10)"
+#: A task is a tracked cell (``trigger`` cell) or an agent run (magic, api, or none: the gem's).
+RUN_SQL = "CASE WHEN kind <> 'task' THEN '' WHEN trigger = 'cell' THEN 'cell' ELSE 'agent' END"
+
+
+def run_of(event: str, fields: dict[str, Any]) -> str:
+    """`RUN_SQL` in Python: '' for a startup, ``cell`` for a tracked cell, else ``agent``."""
+    if event != "task":
+        return ""
+    return "cell" if fields.get("trigger") == "cell" else "agent"
+
 
 #: Indexes earlier versions kept on raw events for the report's queries: the report reads
 #: rollups now, so `rebuild` drops them (each cost every insert a little).
@@ -81,25 +99,37 @@ OLD_INDEXES = (
 
 _SQL_TYPES = {payload.STR: "TEXT", payload.NUM: "NUMERIC", payload.BOOL: "INTEGER"}
 _SUM_COLUMNS = ", ".join(f"{c} NUMERIC NOT NULL" for c in SUMS)
+_ADOPTION_COLUMNS = ", ".join(f"{c} TEXT NOT NULL" for c in reach.ADOPTION)
 ROLLUP_TABLES: dict[str, str] = {
-    "rollup_daily": "day TEXT NOT NULL, kind TEXT NOT NULL, ci INTEGER NOT NULL, dim TEXT NOT NULL, "
-    f"key TEXT NOT NULL, events BIGINT NOT NULL, cost_n BIGINT NOT NULL, {_SUM_COLUMNS}, "
-    "PRIMARY KEY (day, kind, ci, dim, key)",
-    # One row per device and day (so a day's active devices are its rows), CI events apart.
-    "rollup_device_days": "day TEXT NOT NULL, device_id TEXT NOT NULL, startups BIGINT NOT NULL, "
-    "tasks BIGINT NOT NULL, ci_startups BIGINT NOT NULL, ci_tasks BIGINT NOT NULL, PRIMARY KEY (day, device_id)",
-    "rollup_devices": "device_id TEXT NOT NULL, ci INTEGER NOT NULL, first_seen TEXT NOT NULL, "
-    "last_seen TEXT NOT NULL, PRIMARY KEY (device_id, ci)",
-    # Keyed status and bucket first: the report's GROUP BY status, bucket walks the key in order.
-    "rollup_durations": "status TEXT NOT NULL, bucket BIGINT NOT NULL, day TEXT NOT NULL, ci INTEGER NOT NULL, "
-    "n BIGINT NOT NULL, lo DOUBLE PRECISION NOT NULL, hi DOUBLE PRECISION NOT NULL, "
-    "PRIMARY KEY (status, bucket, day, ci)",
+    "rollup_daily": "day TEXT NOT NULL, kind TEXT NOT NULL, ci INTEGER NOT NULL, run TEXT NOT NULL, "
+    "dim TEXT NOT NULL, key TEXT NOT NULL, cost_source TEXT NOT NULL, events BIGINT NOT NULL, "
+    f"errors BIGINT NOT NULL, cost_n BIGINT NOT NULL, {_SUM_COLUMNS}, "
+    "PRIMARY KEY (day, kind, ci, run, dim, key, cost_source)",
+    # One row per device and day (a device's days are its rows), CI events apart.
+    "rollup_device_days": "device_id TEXT NOT NULL, day TEXT NOT NULL, startups BIGINT NOT NULL, "
+    "tasks BIGINT NOT NULL, ci_startups BIGINT NOT NULL, ci_tasks BIGINT NOT NULL, PRIMARY KEY (device_id, day)",
+    # Per device and scope (reach.SCOPES): first and last event, and its latest startup's values.
+    "rollup_devices": "device_id TEXT NOT NULL, scope INTEGER NOT NULL, first_seen TEXT NOT NULL, "
+    f"last_seen TEXT NOT NULL, startup_at TEXT NOT NULL, {_ADOPTION_COLUMNS}, PRIMARY KEY (device_id, scope)",
+    # The sums of every device's reach.contribution: device figures without counting devices.
+    "rollup_reach": "scope INTEGER NOT NULL, figure TEXT NOT NULL, key TEXT NOT NULL, day TEXT NOT NULL, "
+    "n BIGINT NOT NULL, PRIMARY KEY (scope, figure, key, day)",
+    # Keyed run, dim, key and bucket first: the report's GROUP BY walks the key in order.
+    "rollup_durations": "run TEXT NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, bucket BIGINT NOT NULL, "
+    "day TEXT NOT NULL, ci INTEGER NOT NULL, n BIGINT NOT NULL, lo DOUBLE PRECISION NOT NULL, "
+    "hi DOUBLE PRECISION NOT NULL, PRIMARY KEY (run, dim, key, bucket, day, ci)",
+    # The same histograms over every day: a report of everything reads a day's worth of rows.
+    "rollup_durations_total": "run TEXT NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, bucket BIGINT NOT NULL, "
+    "ci INTEGER NOT NULL, n BIGINT NOT NULL, lo DOUBLE PRECISION NOT NULL, "
+    "hi DOUBLE PRECISION NOT NULL, PRIMARY KEY (run, dim, key, bucket, ci)",
 }
 _KEYS = {
-    "rollup_daily": ("day", "kind", "ci", "dim", "key"),
-    "rollup_device_days": ("day", "device_id"),
-    "rollup_devices": ("device_id", "ci"),
-    "rollup_durations": ("status", "bucket", "day", "ci"),
+    "rollup_daily": ("day", "kind", "ci", "run", "dim", "key", "cost_source"),
+    "rollup_device_days": ("device_id", "day"),
+    "rollup_devices": ("device_id", "scope"),
+    "rollup_reach": ("scope", "figure", "key", "day"),
+    "rollup_durations": ("run", "dim", "key", "bucket", "day", "ci"),
+    "rollup_durations_total": ("run", "dim", "key", "bucket", "ci"),
 }
 
 
@@ -114,20 +144,24 @@ def _least(table: str, column: str, smaller: bool = True) -> str:
 
 
 _MERGE = {
-    "rollup_daily": [_add("rollup_daily", c) for c in ("events", "cost_n", *SUMS)],
+    "rollup_daily": [_add("rollup_daily", c) for c in ("events", "errors", "cost_n", *SUMS)],
     "rollup_device_days": [_add("rollup_device_days", c) for c in ("startups", "tasks", "ci_startups", "ci_tasks")],
-    "rollup_devices": [_least("rollup_devices", "first_seen"), _least("rollup_devices", "last_seen", False)],
-    "rollup_durations": [
-        _add("rollup_durations", "n"),
-        _least("rollup_durations", "lo"),
-        _least("rollup_durations", "hi", False),
-    ],
+    # The latest startup is decided under the device's lock (reach.later): written as computed.
+    "rollup_devices": [_least("rollup_devices", "first_seen"), _least("rollup_devices", "last_seen", False)]
+    + [f"{c} = excluded.{c}" for c in ("startup_at", *reach.ADOPTION)],
+    "rollup_reach": [_add("rollup_reach", "n")],
+    **{
+        table: [_add(table, "n"), _least(table, "lo"), _least(table, "hi", False)]
+        for table in ("rollup_durations", "rollup_durations_total")
+    },
 }
 _COLUMNS = {
-    "rollup_daily": (*_KEYS["rollup_daily"], "events", "cost_n", *SUMS),
+    "rollup_daily": (*_KEYS["rollup_daily"], "events", "errors", "cost_n", *SUMS),
     "rollup_device_days": (*_KEYS["rollup_device_days"], "startups", "tasks", "ci_startups", "ci_tasks"),
-    "rollup_devices": (*_KEYS["rollup_devices"], "first_seen", "last_seen"),
+    "rollup_devices": (*_KEYS["rollup_devices"], "first_seen", "last_seen", "startup_at", *reach.ADOPTION),
+    "rollup_reach": (*_KEYS["rollup_reach"], "n"),
     "rollup_durations": (*_KEYS["rollup_durations"], "n", "lo", "hi"),
+    "rollup_durations_total": (*_KEYS["rollup_durations_total"], "n", "lo", "hi"),
 }
 UPSERT = {
     table: f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
@@ -246,10 +280,18 @@ class Store:
         for received_at, event, fields in rows:
             values = [fields.get(key) for key in payload.KEYS[event]]
             raw[event].append([received_at, event, *(int(v) if type(v) is bool else v for v in values)])
-        statements = [(self._insert[event], params) for event, params in raw.items() if params]
-        statements += [(UPSERT[table], params) for table, params in self.engine.bindable(_rollups(rows)) if params]
+        inserts = [(self._insert[event], params) for event, params in raw.items() if params]
+        tables, devices = _rollups(rows)
+        engine = self.engine
+
+        def work(tx: _Tx) -> None:
+            # Device state first (its locks before any rollup row's), then every table in one order.
+            keyed = {**tables, **_device_changes(tx, devices)}
+            upserts = engine.bindable({t: keyed[t] for t in ROLLUP_TABLES if t in keyed})
+            tx.run_all([*inserts, *((UPSERT[table], params) for table, params in upserts if params)])
+
         with self._lock:
-            self.engine.write(statements, f"could not store {len(rows)} events")
+            engine.write(work, f"could not store {len(rows)} events")
 
     def add(self, event: str, fields: dict[str, Any], received_at: str | None = None) -> None:
         """Store one cleaned event and commit before returning."""
@@ -259,6 +301,16 @@ class Store:
         """Rows of one read-only query (``?`` placeholders), numbers as int or float."""
         with self._lock:
             return [tuple(number(v) for v in row) for row in self.engine.read(sql, params)]
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Callable[[str, Sequence[Any]], list[tuple]]]:
+        """Reads that all see one commit: ``with store.snapshot() as query: query(sql, params)``
+        (one read transaction: SQLite's ``BEGIN``, PostgreSQL's ``REPEATABLE READ``)."""
+        with self._lock, self.engine.snapshot() as read:
+            if not self.engine.decimals:  # SQLite's values are int, float and str already
+                yield lambda sql, params=(): read(sql, params)
+                return
+            yield lambda sql, params=(): [tuple(number(v) for v in row) for row in read(sql, params)]
 
     def count(self) -> int:
         return self.query("SELECT COUNT(*) FROM events")[0][0]
@@ -311,20 +363,38 @@ class Probe:
                 pass
 
 
-def _rollups(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[tuple, list[Any]]]:
-    """The batch's contribution to each rollup table, merged per key (one upsert per key)."""
+@dataclass
+class _Devices:
+    """What a batch says about its devices: days active (scopes bitmask), first and last
+    event, and latest startup, per device (and scope)."""
+
+    days: dict[str, dict[str, int]]
+    seen: dict[tuple[str, int], list[str]]
+    latest: dict[tuple[str, int], reach.Latest]
+
+
+def _rollups(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> tuple[dict[str, dict[tuple, list[Any]]], _Devices]:
+    """The batch's contribution to each rollup table keyed by its values alone, merged per key
+    (one upsert per key), and what it says about devices (`_device_changes` needs the stored state)."""
     daily: dict[tuple, list[Any]] = {}
     device_days: dict[tuple, list[Any]] = {}
-    devices: dict[tuple, list[Any]] = {}
     durations: dict[tuple, list[Any]] = {}
+    devices = _Devices({}, {}, {})
     for received_at, event, fields in rows:
         day = received_at[:10]
         ci = fields.get("ci")
         ci = -1 if ci is None else int(bool(ci))
+        run = run_of(event, fields)
         cost = fields.get("cost_usd")
-        sums = [1, 0 if cost is None else 1, *(fields.get(column) or 0 for column in SUMS)]
+        sums = [
+            1,
+            1 if fields.get("status") == "error" else 0,
+            0 if cost is None else 1,
+            *(fields.get(column) or 0 for column in SUMS),
+        ]
+        source = fields.get("cost_source") or "" if event == "task" else ""
         for dim in ("all", *DIMS[event]):
-            key = (day, event, ci, dim, fields.get(dim) or "" if dim != "all" else "")
+            key = (day, event, ci, run, dim, fields.get(dim) or "" if dim != "all" else "", source)
             got = daily.get(key)
             if got is None:
                 daily[key] = list(sums)
@@ -333,27 +403,258 @@ def _rollups(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[
                     got[i] += value
         device = fields.get("device_id")
         if device:
-            active = device_days.setdefault((day, device), [0, 0, 0, 0])
+            active = device_days.setdefault((device, day), [0, 0, 0, 0])
             active[2 * (ci == 1) + (event == "task")] += 1
-            seen = devices.get((device, ci))
-            if seen is None:
-                devices[(device, ci)] = [received_at, received_at]
-            else:
-                seen[0], seen[1] = min(seen[0], received_at), max(seen[1], received_at)
+            mask = reach.scopes_of(ci)
+            days = devices.days.setdefault(device, {})
+            days[day] = days.get(day, 0) | mask
+            for scope in reach.SCOPES:
+                if mask & (1 << scope):
+                    seen = devices.seen.get((device, scope))
+                    if seen is None:
+                        devices.seen[(device, scope)] = [received_at, received_at]
+                    else:
+                        seen[0], seen[1] = min(seen[0], received_at), max(seen[1], received_at)
+                    if event == "startup":
+                        latest = reach.latest_of(received_at, fields)
+                        devices.latest[(device, scope)] = reach.later(devices.latest.get((device, scope)), latest)
         duration = fields.get("duration_ms")
         if event == "task" and duration is not None:
-            key = (fields.get("status") or "", bucket(duration), day, ci)
-            got = durations.get(key)
-            if got is None:
-                durations[key] = [1, duration, duration]
-            else:
-                got[0], got[1], got[2] = got[0] + 1, min(got[1], duration), max(got[2], duration)
-    return {
+            for dim in DURATION_DIMS[run]:
+                key = (run, dim, fields.get(dim) or "", bucket(duration), day, ci)
+                got = durations.get(key)
+                if got is None:
+                    durations[key] = [1, duration, duration]
+                else:
+                    got[0], got[1], got[2] = got[0] + 1, min(got[1], duration), max(got[2], duration)
+    total: dict[tuple, list[Any]] = {}
+    for (run, dim, key, index, _, ci), (n, lo, hi) in durations.items():
+        got = total.get((run, dim, key, index, ci))
+        if got is None:
+            total[(run, dim, key, index, ci)] = [n, lo, hi]
+        else:
+            got[0], got[1], got[2] = got[0] + n, min(got[1], lo), max(got[2], hi)
+    tables = {
         "rollup_daily": daily,
         "rollup_device_days": device_days,
-        "rollup_devices": devices,
         "rollup_durations": durations,
+        "rollup_durations_total": total,
     }
+    return tables, devices
+
+
+def _mask(events: int, ci_events: int) -> int:
+    """A stored device day's scopes (`reach.scopes_of`): any event counts in scope 0, a non-CI one in both."""
+    return (1 if events + ci_events else 0) | (2 if events else 0)
+
+
+#: Bound parameters per ``IN (...)`` list (SQLite's default limit is 32,766 in all).
+_CHUNK = 500
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _device_changes(tx: _Tx, batch: _Devices) -> dict[str, dict[tuple, list[Any]]]:
+    """The batch's ``rollup_reach`` and ``rollup_devices`` rows, from the stored state of its
+    devices (locked first, so that concurrent writers never count a device from the same state)."""
+    devices = sorted(batch.days.keys() | {device for device, _ in batch.seen})
+    if not devices:
+        return {}
+    tx.lock_devices(devices)
+    adoption = ", ".join(reach.ADOPTION)
+    stored: dict[tuple[str, int], reach.Latest | None] = {}
+    firsts: dict[tuple[str, int], str] = {}
+    known: dict[tuple[str, str], int] = {}
+    days = sorted({day for got in batch.days.values() for day in got})
+    for chunk in _chunks(devices):
+        marks = ", ".join("?" * len(chunk))
+        for device, scope, first, startup_at, *values in tx.read(
+            f"SELECT device_id, scope, first_seen, startup_at, {adoption} FROM rollup_devices "
+            f"WHERE device_id IN ({marks})",
+            chunk,
+        ):
+            stored[(device, scope)] = (startup_at, tuple(values)) if startup_at else None
+            firsts[(device, scope)] = first[:10]
+        for day_chunk in _chunks(days):
+            for device, day, events, ci_events in tx.read(
+                "SELECT device_id, day, startups + tasks, ci_startups + ci_tasks FROM rollup_device_days "
+                f"WHERE device_id IN ({marks}) AND day IN ({', '.join('?' * len(day_chunk))})",
+                [*chunk, *day_chunk],
+            ):
+                known[(device, day)] = _mask(events, ci_events)
+    latest: dict[tuple[str, int], reach.Latest | None] = {}
+    changed = []
+    for device in devices:
+        moved = False
+        for scope in reach.SCOPES:
+            old = stored.get((device, scope))
+            new = latest[(device, scope)] = reach.later(old, batch.latest.get((device, scope)))
+            moved = moved or (new != old and (old is None or new[0][:10] != old[0][:10] or new[1] != old[1]))
+        new_days = any(mask & ~known.get((device, day), 0) for day, mask in batch.days.get(device, {}).items())
+        if moved or new_days:
+            changed.append(device)
+    full: dict[str, dict[str, int]] = {device: {} for device in changed}
+    for chunk in _chunks(changed):
+        for device, day, events, ci_events in tx.read(
+            "SELECT device_id, day, startups + tasks, ci_startups + ci_tasks FROM rollup_device_days "
+            f"WHERE device_id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        ):
+            full[device][day] = _mask(events, ci_events)
+    counts: Counter = Counter()
+    for device in changed:
+        old_days = full[device]
+        new_days = dict(old_days)
+        for day, mask in batch.days.get(device, {}).items():
+            new_days[day] = new_days.get(day, 0) | mask
+        old_latest = {scope: stored.get((device, scope)) for scope in reach.SCOPES}
+        new_latest = {scope: latest[(device, scope)] for scope in reach.SCOPES}
+        old_first = {s: firsts[(device, s)] for s in reach.SCOPES if (device, s) in firsts}
+        new_first = dict(old_first)
+        for scope in reach.SCOPES:
+            seen = batch.seen.get((device, scope))
+            if seen is not None:
+                new_first[scope] = min(new_first.get(scope, seen[0][:10]), seen[0][:10])
+        counts.update(reach.change((old_days, old_latest, old_first), (new_days, new_latest, new_first)))
+    rows = {}
+    for (device, scope), (first, last) in batch.seen.items():
+        startup_at, values = latest[(device, scope)] or ("", ("",) * len(reach.ADOPTION))
+        rows[(device, scope)] = [first, last, startup_at, *values]
+    return {"rollup_reach": {key: [n] for key, n in counts.items() if n}, "rollup_devices": rows}
+
+
+def _shares(device: str, days: dict[str, int], latest: dict, seen: dict[tuple[str, int], list[str]]) -> Counter:
+    """A device's share from what a rebuild read (`_rebuild_devices`)."""
+    first = {s: seen[(device, s)][0][:10] for s in reach.SCOPES if (device, s) in seen}
+    return reach.device_counts(days, {s: latest.get((device, s)) for s in reach.SCOPES}, first)
+
+
+def _rebuild_devices(tx: _Tx) -> None:
+    """``rollup_devices`` and ``rollup_reach`` from the rebuilt device days and the raw startups."""
+    seen: dict[tuple[str, int], list[str]] = {}
+    for device, ci, first, last in tx.read(
+        f"SELECT device_id, {CI_SQL}, MIN(received_at), MAX(received_at) FROM events "
+        f"WHERE device_id IS NOT NULL AND device_id <> '' GROUP BY device_id, {CI_SQL}"
+    ):
+        mask = reach.scopes_of(ci)
+        for scope in reach.SCOPES:
+            if mask & (1 << scope):
+                got = seen.setdefault((device, scope), [first, last])
+                got[0], got[1] = min(got[0], first), max(got[1], last)
+    latest: dict[tuple[str, int], reach.Latest | None] = {}
+    adoption = ", ".join(reach.ADOPTION)
+    for device, ci, received_at, *values in tx.read(  # each device's latest startups (ties decided in Python)
+        f"SELECT device_id, ci, received_at, {adoption} FROM (SELECT device_id, {CI_SQL} AS ci, received_at, "
+        f"{adoption}, RANK() OVER (PARTITION BY device_id, {CI_SQL} ORDER BY received_at DESC) AS r FROM events "
+        "WHERE kind = 'startup' AND device_id IS NOT NULL AND device_id <> '') AS ranked WHERE r = 1"
+    ):
+        mask = reach.scopes_of(ci)
+        startup = reach.latest_of(received_at, dict(zip(reach.ADOPTION, values)))
+        for scope in reach.SCOPES:
+            if mask & (1 << scope):
+                latest[(device, scope)] = reach.later(latest.get((device, scope)), startup)
+    rows = []
+    for (device, scope), (first, last) in sorted(seen.items()):
+        startup_at, values = latest.get((device, scope)) or ("", ("",) * len(reach.ADOPTION))
+        rows.append([device, scope, first, last, startup_at, *values])
+    if rows:
+        tx.run(UPSERT["rollup_devices"], rows)
+    counts: Counter = Counter()
+    device, days = None, {}
+    for got, day, events, ci_events in tx.stream(
+        "SELECT device_id, day, startups + tasks, ci_startups + ci_tasks FROM rollup_device_days ORDER BY device_id"
+    ):
+        if got != device:
+            if device is not None:
+                counts.update(_shares(device, days, latest, seen))
+            device, days = got, {}
+        days[day] = _mask(events, ci_events)
+    if device is not None:
+        counts.update(_shares(device, days, latest, seen))
+    reach_rows = [[*key, n] for key, n in sorted(counts.items()) if n]
+    if reach_rows:
+        tx.run(UPSERT["rollup_reach"], reach_rows)
+
+
+def device_shares(read: Callable[[str, Sequence[Any]], list[tuple]], devices: Sequence[str]) -> list[list[Any]]:
+    """The ``rollup_reach`` rows that take `devices`' shares out of every device figure (their
+    stored days and latest startups, negated): what forgetting them leaves, as if never seen."""
+    days: dict[str, dict[str, int]] = {device: {} for device in devices}
+    latest: dict[str, dict[int, reach.Latest | None]] = {device: {} for device in devices}
+    firsts: dict[str, dict[int, str]] = {device: {} for device in devices}
+    adoption = ", ".join(reach.ADOPTION)
+    for chunk in _chunks(sorted(days)):
+        marks = ", ".join("?" * len(chunk))
+        for device, day, events, ci_events in read(
+            "SELECT device_id, day, startups + tasks, ci_startups + ci_tasks FROM rollup_device_days "
+            f"WHERE device_id IN ({marks})",
+            chunk,
+        ):
+            days[device][day] = _mask(events, ci_events)
+        for device, scope, first, startup_at, *values in read(
+            f"SELECT device_id, scope, first_seen, startup_at, {adoption} FROM rollup_devices "
+            f"WHERE device_id IN ({marks})",
+            chunk,
+        ):
+            latest[device][scope] = (startup_at, tuple(values)) if startup_at else None
+            firsts[device][scope] = first[:10]
+    counts: Counter = Counter()
+    for device in days:
+        counts.subtract(reach.device_counts(days[device], latest[device], firsts[device]))
+    return [[*key, n] for key, n in sorted(counts.items()) if n]
+
+
+# -- transactions ------------------------------------------------------------------------------
+class _Tx:
+    """One open write transaction: statements, reads, and the devices' locks."""
+
+    def run(self, sql: str, params: Sequence[Sequence[Any]] = ()) -> None:
+        """`sql` once with no parameters, once with the one row given, or for each row."""
+        if not params:
+            self.bare(sql)
+        elif len(params) == 1:
+            self.execute(sql, params[0])
+        else:
+            self.executemany(sql, params)
+
+    def run_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Statements whose results nothing reads: `run` each (PostgreSQL sends them at once)."""
+        for sql, params in statements:
+            self.run(sql, params)
+
+    def bare(self, sql: str) -> None:
+        self.execute(sql, ())
+
+    def execute(self, sql: str, row: Sequence[Any]) -> None:
+        raise NotImplementedError
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    def stream(self, sql: str) -> Iterator[tuple]:
+        """A large read's rows, a few at a time (a rebuild's millions of device days)."""
+        yield from self.read(sql)
+
+    def lock_devices(self, devices: list[str]) -> None:
+        """Hold each device until commit (sorted: writers lock in one order, never a deadlock)."""
+
+
+#: What a transaction runs: statements with their parameter rows, or a function of the open `_Tx`.
+Work = Union[list[tuple[str, list]], Callable[[_Tx], None]]
+
+
+def _run_work(tx: _Tx, work: Work) -> None:
+    if callable(work):
+        work(tx)
+    else:
+        for sql, params in work:
+            tx.run(sql, params)
 
 
 # -- engines -----------------------------------------------------------------------------------
@@ -365,6 +666,8 @@ class _Engine:
     table_suffix = ""
     #: The aggregate a rebuild sums raw values with (SQLite's SUM raises on int64 overflow).
     sum_function = "SUM"
+    #: Whether numbers come back as Decimal (PostgreSQL's numeric), to be read with `number`.
+    decimals = False
     #: `bucket` in SQL, for `rebuild`: the same C log() and double arithmetic, so the same bucket.
     bucket_sql = (
         f"CASE WHEN duration_ms > 0 THEN CAST(ceil(ln(CAST(duration_ms AS DOUBLE PRECISION)) / "
@@ -383,7 +686,12 @@ class _Engine:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         raise NotImplementedError
 
-    def transaction(self, statements: list[tuple[str, list]], lock: bool = False) -> None:
+    def transaction(self, work: Work, lock: bool = False) -> None:
+        """Run `work` (statements, or a function of a `_Tx`) in one transaction, committed at the end."""
+        raise NotImplementedError
+
+    def snapshot(self) -> AbstractContextManager[Callable[[str, Sequence[Any]], list[tuple]]]:
+        """A read-only transaction whose reads all see one commit (the report's one snapshot)."""
         raise NotImplementedError
 
     def read(self, sql: str, params: Sequence[Any]) -> list[tuple]:
@@ -399,7 +707,7 @@ class _Engine:
         """Each table's parameter rows, keys sorted (concurrent writers lock rows in one order)."""
         return [(table, [[*key, *values] for key, values in sorted(got.items())]) for table, got in rollups.items()]
 
-    def write(self, statements: list[tuple[str, list]], doing: str) -> None:
+    def write(self, work: Work, doing: str) -> None:
         raise NotImplementedError
 
     def locked(self, work: Callable[[Query], Any]) -> Any:
@@ -422,8 +730,10 @@ class _Engine:
         """Check the database is ours (and current), and with `create` make what is missing."""
         tables = self.tables()
         if "events" not in tables:
-            if not create:
+            if not create and self.foreign(tables):
                 raise StoreError(f"{self.name}: not a clacky-ipy database (no events table)")
+            if not create:  # a fresh database: the collector creates its tables at its first start
+                raise StoreError(f"{self.name}: nothing collected yet (no collector has written to this database)")
             if self.foreign(tables):
                 raise StoreError(f"{self.name}: a database of something else (no events table): not touching it")
         elif not {"received_at", "kind"} <= self.columns("events"):
@@ -438,6 +748,8 @@ class _Engine:
                 f"run `clacky-ipy rebuild --db {self.name}` once, then try again"
             )
         if create:
+            if old:  # an earlier version's empty database: its rollup tables may have other columns
+                self.transaction([(f"DROP TABLE IF EXISTS {t}", []) for t in ROLLUP_TABLES], lock=True)
             self.create_schema(mark_current="events" not in tables or not migrate)
 
     def foreign(self, tables: set[str]) -> bool:
@@ -479,45 +791,43 @@ class _Engine:
             )
 
     def rebuild_statements(self) -> list[tuple[str, list]]:
-        """Every rollup made again from the raw events, in tables made anew."""
+        """The rollup tables made anew, and filled with what SQL makes from the raw events."""
         out: list[tuple[str, list]] = [(f"DROP TABLE IF EXISTS {table}", []) for table in ROLLUP_TABLES]
         out += [(f"CREATE TABLE {t} ({d}){self.table_suffix}", []) for t, d in ROLLUP_TABLES.items()]
         out += self.rollup_statements()
         out += [(f"DROP INDEX IF EXISTS {name}", []) for name in OLD_INDEXES]
-        out.append(
-            (
-                "INSERT INTO meta (key, value) VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
-                [[SCHEMA, SCHEMA]],
-            )
-        )
         return out
 
     def rollup_statements(self, where: str = "1 = 1", prefix: str = "") -> list[tuple[str, list]]:
-        """Every rollup's rows from the raw events matching `where`, inserted into the (existing)
-        tables named `prefix` + the rollup's name: two passes group the raw rows, the rest group those.
-
-        `rebuild` fills the rollups from every event; `forget` recomputes some days from what remains.
-        """
+        """The rows of the rollups keyed by day (``rollup_daily``, ``rollup_device_days``,
+        ``rollup_durations``) from the raw events matching `where`, inserted into the existing
+        tables named `prefix` + the rollup's name: passes group the raw rows, the rest group those.
+        The rollups of devices' state and shares (`_rebuild_devices`) need every event of a device."""
         total = self.sum_function
         ci = CI_SQL
         dims = sorted({d for names in DIMS.values() for d in names})
         sums = ", ".join(f"COALESCE({total}({c}), 0) AS {c}" for c in SUMS)
-        out: list[tuple[str, list]] = [(f"DROP TABLE IF EXISTS {t}", []) for t in ("rebuild_groups", "rebuild_devices")]
+        temporary = ("rebuild_groups", "rebuild_devices", "rebuild_durations")
+        out: list[tuple[str, list]] = [(f"DROP TABLE IF EXISTS {t}", []) for t in temporary]
+        source = "CASE WHEN kind = 'task' THEN COALESCE(cost_source, '') ELSE '' END"
+        grouped = f"{DAY_SQL}, kind, {ci}, {RUN_SQL}, {source}, " + ", ".join(f"COALESCE({d}, '')" for d in dims)
         out.append(
             (
                 f"CREATE TEMPORARY TABLE rebuild_groups AS SELECT {DAY_SQL} AS day, kind, {ci} AS ci, "
+                f"{RUN_SQL} AS run, {source} AS cost_source, "
                 + ", ".join(f"COALESCE({d}, '') AS {d}" for d in dims)
-                + f", COUNT(*) AS events, COUNT(cost_usd) AS cost_n, {sums} FROM events "
-                f"WHERE {where} GROUP BY {DAY_SQL}, kind, {ci}, " + ", ".join(f"COALESCE({d}, '')" for d in dims),
+                + ", COUNT(*) AS events, SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS errors, "
+                f"COUNT(cost_usd) AS cost_n, {sums} FROM events WHERE {where} GROUP BY {grouped}",
                 [],
             )
         )
-        regroup = ", ".join(f"SUM({c})" for c in ("events", "cost_n", *SUMS))
+        regroup = ", ".join(f"SUM({c})" for c in ("events", "errors", "cost_n", *SUMS))
         columns = ", ".join(_COLUMNS["rollup_daily"])
         out.append(
             (
-                f"INSERT INTO {prefix}rollup_daily ({columns}) SELECT day, kind, ci, 'all', '', {regroup} "
-                "FROM rebuild_groups GROUP BY day, kind, ci",
+                f"INSERT INTO {prefix}rollup_daily ({columns}) SELECT day, kind, ci, run, 'all', '', cost_source, "
+                f"{regroup} "
+                "FROM rebuild_groups GROUP BY day, kind, ci, run, cost_source",
                 [],
             )
         )
@@ -525,8 +835,10 @@ class _Engine:
             for dim in names:
                 out.append(
                     (
-                        f"INSERT INTO {prefix}rollup_daily ({columns}) SELECT day, kind, ci, '{dim}', {dim}, {regroup} "
-                        f"FROM rebuild_groups WHERE kind = '{event}' GROUP BY day, kind, ci, {dim}",
+                        f"INSERT INTO {prefix}rollup_daily ({columns}) SELECT day, kind, ci, run, '{dim}', {dim}, "
+                        "cost_source, "
+                        f"{regroup} FROM rebuild_groups WHERE kind = '{event}' "
+                        f"GROUP BY day, kind, ci, run, {dim}, cost_source",
                         [],
                     )
                 )
@@ -543,35 +855,59 @@ class _Engine:
         )
         out.append(
             (
-                f"INSERT INTO {prefix}rollup_device_days (day, device_id, startups, tasks, ci_startups, ci_tasks) "
-                "SELECT day, device_id, SUM(CASE WHEN ci = 1 THEN 0 ELSE startups END), "
+                f"INSERT INTO {prefix}rollup_device_days (device_id, day, startups, tasks, ci_startups, ci_tasks) "
+                "SELECT device_id, day, SUM(CASE WHEN ci = 1 THEN 0 ELSE startups END), "
                 "SUM(CASE WHEN ci = 1 THEN 0 ELSE tasks END), SUM(CASE WHEN ci = 1 THEN startups ELSE 0 END), "
-                "SUM(CASE WHEN ci = 1 THEN tasks ELSE 0 END) FROM rebuild_devices GROUP BY day, device_id",
+                "SUM(CASE WHEN ci = 1 THEN tasks ELSE 0 END) FROM rebuild_devices GROUP BY device_id, day",
                 [],
             )
         )
+        keys = ("status", "model", "provider")
         out.append(
             (
-                f"INSERT INTO {prefix}rollup_devices (device_id, ci, first_seen, last_seen) "
-                "SELECT device_id, ci, MIN(first_seen), MAX(last_seen) FROM rebuild_devices GROUP BY device_id, ci",
-                [],
-            )
-        )
-        out.append(
-            (
-                f"INSERT INTO {prefix}rollup_durations (status, bucket, day, ci, n, lo, hi) "
-                f"SELECT COALESCE(status, ''), {self.bucket_sql}, {DAY_SQL}, {ci}, COUNT(*), "
-                "MIN(CAST(duration_ms AS DOUBLE PRECISION)), MAX(CAST(duration_ms AS DOUBLE PRECISION)) "
+                f"CREATE TEMPORARY TABLE rebuild_durations AS SELECT {RUN_SQL} AS run, "
+                + ", ".join(f"COALESCE({k}, '') AS {k}" for k in keys)
+                + f", {self.bucket_sql} AS bucket, {DAY_SQL} AS day, {ci} AS ci, COUNT(*) AS n, "
+                "MIN(CAST(duration_ms AS DOUBLE PRECISION)) AS lo, MAX(CAST(duration_ms AS DOUBLE PRECISION)) AS hi "
                 f"FROM events WHERE kind = 'task' AND duration_ms IS NOT NULL AND {where} "
-                f"GROUP BY {DAY_SQL}, {ci}, COALESCE(status, ''), {self.bucket_sql}",
+                f"GROUP BY {RUN_SQL}, "
+                + ", ".join(f"COALESCE({k}, '')" for k in keys)
+                + f", {self.bucket_sql}, {DAY_SQL}, {ci}",
                 [],
             )
         )
-        out += [(f"DROP TABLE {t}", []) for t in ("rebuild_groups", "rebuild_devices")]
+        for run, names in DURATION_DIMS.items():
+            for dim in names:
+                out.append(
+                    (
+                        f"INSERT INTO {prefix}rollup_durations (run, dim, key, bucket, day, ci, n, lo, hi) "
+                        f"SELECT run, '{dim}', {dim}, bucket, day, ci, SUM(n), MIN(lo), MAX(hi) "
+                        f"FROM rebuild_durations WHERE run = '{run}' GROUP BY run, {dim}, bucket, day, ci",
+                        [],
+                    )
+                )
+                out.append(
+                    (
+                        f"INSERT INTO {prefix}rollup_durations_total (run, dim, key, bucket, ci, n, lo, hi) "
+                        f"SELECT run, '{dim}', {dim}, bucket, ci, SUM(n), MIN(lo), MAX(hi) "
+                        f"FROM rebuild_durations WHERE run = '{run}' GROUP BY run, {dim}, bucket, ci",
+                        [],
+                    )
+                )
+        out += [(f"DROP TABLE {t}", []) for t in temporary]
         return out
 
+    def rebuild_work(self, tx: _Tx) -> None:
+        """Every rollup from the raw events: `rebuild_statements`, then each device's state and share."""
+        _run_work(tx, self.rebuild_statements())
+        _rebuild_devices(tx)
+        tx.run(
+            "INSERT INTO meta (key, value) VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE SET value = ?",
+            [[SCHEMA, SCHEMA]],
+        )
+
     def rebuild(self) -> int:
-        self.transaction(self.rebuild_statements(), lock=True)
+        self.transaction(self.rebuild_work, lock=True)
         return _after_commit(REBUILT, self.after_rebuild)
 
     def after_rebuild(self) -> int:
@@ -677,24 +1013,32 @@ class _SQLite(_Engine):
             raise self.error("could not switch to WAL", exc) from None
         super().create_schema(mark_current)
 
-    def transaction(self, statements: list[tuple[str, list]], lock: bool = False) -> None:
+    def transaction(self, work: Work, lock: bool = False) -> None:
         db = self.db
         assert db is not None
         db.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock between readers turned writers
         try:
             with self._interruptible():
-                for sql, params in statements:
-                    if not params:
-                        self._run(sql)
-                    elif len(params) == 1:
-                        db.execute(sql, params[0])
-                    else:
-                        db.executemany(sql, params)
+                _run_work(_SQLiteTx(self), work)  # one writer at a time holds the file: no device lock needed
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # some errors (a full disk) have rolled it back already
                 db.execute("ROLLBACK")
             raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Callable[[str, Sequence[Any]], list[tuple]]]:
+        db = self.db
+        assert db is not None
+        try:
+            db.execute("BEGIN")  # WAL: the first read fixes the snapshot every later read of it sees
+        except sqlite3.Error as exc:
+            raise self.error("could not read", exc) from None
+        try:
+            yield self.read
+        finally:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
 
     def _run(self, sql: str) -> None:
         try:
@@ -704,9 +1048,9 @@ class _SQLite(_Engine):
                 raise
             self.db.execute(sql.replace("SUM(", "TOTAL("))  # sums beyond int64: as floats, never an error
 
-    def write(self, statements: list[tuple[str, list]], doing: str) -> None:
+    def write(self, work: Work, doing: str) -> None:
         try:
-            self.transaction(statements)
+            self.transaction(work)
         except sqlite3.Error as exc:
             raise self.error(doing, exc) from None
 
@@ -780,10 +1124,75 @@ def _sql_bucket(value: Any) -> int | None:
     return None if value is None else bucket(value)
 
 
+class _SQLiteTx(_Tx):
+    def __init__(self, engine: _SQLite) -> None:
+        self.engine, self.db = engine, engine.db
+
+    def bare(self, sql: str) -> None:
+        self.engine._run(sql)
+
+    def execute(self, sql: str, row: Sequence[Any]) -> None:
+        self.db.execute(sql, row)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.db.executemany(sql, rows)
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self.db.execute(sql, list(params)).fetchall()
+
+    def stream(self, sql: str) -> Iterator[tuple]:
+        yield from self.db.execute(sql)
+
+
+class _PostgresTx(_Tx):
+    #: The first key of the devices' advisory locks (two-key locks never meet the one-key LOCK_KEY).
+    DEVICE_LOCKS = 0x636C6163
+
+    def __init__(self, engine: _Postgres, cursor: Any) -> None:
+        self.engine, self.cursor = engine, cursor
+
+    def bare(self, sql: str) -> None:
+        self.cursor.execute(self.engine._sql(sql))
+
+    def execute(self, sql: str, row: Sequence[Any]) -> None:
+        self.cursor.execute(self.engine._sql(sql), row)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.cursor.executemany(self.engine._sql(sql), rows)
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        self.cursor.execute(self.engine._sql(sql), list(params))
+        return self.cursor.fetchall()
+
+    def stream(self, sql: str) -> Iterator[tuple]:
+        with self.engine.db.cursor(name="clacky_stream") as cursor:  # server-side: a few rows at a time
+            cursor.itersize = 20_000
+            cursor.execute(self.engine._sql(sql))
+            yield from cursor
+
+    def run_all(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        with self.engine.db.pipeline():  # one round trip for all of them, not one each
+            super().run_all(statements)
+
+    def lock_devices(self, devices: list[str]) -> None:
+        keys = sorted({_lock_key(device) for device in devices})
+        self.cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int[]) WITH ORDINALITY AS t(k, i) ORDER BY i",
+            [self.DEVICE_LOCKS, keys],
+        )
+
+
+def _lock_key(device: str) -> int:
+    """A device's advisory lock: a 32-bit hash (two devices sharing one just wait for each other)."""
+    digest = hashlib.blake2b(device.encode("utf-8", "surrogatepass"), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 class _Postgres(_Engine):
     """A PostgreSQL database (psycopg 3) shared by any number of collector processes."""
 
     id_column = "id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+    decimals = True
     #: The schema's and rebuild's transaction-scoped lock: concurrent starts create tables once.
     LOCK_KEY = 0x636C61636B79  # "clacky"
 
@@ -842,24 +1251,33 @@ class _Postgres(_Engine):
     def foreign(self, tables: set[str]) -> bool:
         return False  # a PostgreSQL database is made for us by its operator; other tables may share it
 
-    def transaction(self, statements: list[tuple[str, list]], lock: bool = False) -> None:
+    def transaction(self, work: Work, lock: bool = False) -> None:
         with self.db.transaction(), self.db.cursor() as cursor:
             if lock:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [self.LOCK_KEY])
-            for sql, params in statements:
-                if not params:
-                    cursor.execute(self._sql(sql))
-                elif len(params) == 1:
-                    cursor.execute(self._sql(sql), params[0])
-                else:
-                    cursor.executemany(self._sql(sql), params)
+            _run_work(_PostgresTx(self, cursor), work)
 
-    def write(self, statements: list[tuple[str, list]], doing: str) -> None:
+    @contextmanager
+    def snapshot(self) -> Iterator[Callable[[str, Sequence[Any]], list[tuple]]]:
+        self._reconnect()
+        try:
+            with self.db.transaction(), self.db.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+                def read(sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+                    cursor.execute(self._sql(sql), list(params))
+                    return cursor.fetchall()
+
+                yield read
+        except self.psycopg.Error as exc:
+            raise self.error("could not read", exc) from None
+
+    def write(self, work: Work, doing: str) -> None:
         errors = self.psycopg.errors
         for attempt in range(5):
             self._reconnect()
             try:
-                self.transaction(statements)
+                self.transaction(work)
                 return
             except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
                 if attempt == 4:  # rolled back: safe to try again, nothing was stored
@@ -889,9 +1307,12 @@ class _Postgres(_Engine):
 
     def rebuild(self) -> int:
         # Collectors' inserts wait (they take the same table lock) rather than slip between statements.
-        statements = [("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE", []), *self.rebuild_statements()]
+        def work(tx: _Tx) -> None:
+            tx.run("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+            self.rebuild_work(tx)
+
         try:
-            self.transaction(statements, lock=True)
+            self.transaction(work, lock=True)
             return _after_commit(REBUILT, self.after_rebuild)
         except self.psycopg.Error as exc:
             raise self.error("could not rebuild the rollups", exc) from None

@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from time import perf_counter
 from typing import Any, Callable, NamedTuple, Optional
@@ -61,7 +62,20 @@ WORKER_IMPORTS = ("requests", "yaml", "hashlib", "platform", "socket", "email.ut
 _FORK = threading.local()
 
 
+#: Every Transport of the process, for the fork hooks.
+_TRANSPORTS: weakref.WeakSet = weakref.WeakSet()
+
+#: Python 3.12+ warns at ``os.fork()`` in a process with more than one thread (DeprecationWarning):
+#: the worker (waiting for events, deferring, or finishing a request within FORK_JOIN) is stopped
+#: before a fork and started again after it, so that it is never the reason.
+STOP_FOR_FORK = sys.version_info >= (3, 12)
+FORK_JOIN = 0.2
+
+
 def _before_fork() -> None:
+    if STOP_FOR_FORK:
+        for transport in list(_TRANSPORTS):
+            transport._stop_for_fork()
     _FORK.holds_setup = _SETUP.acquire(timeout=FORK_WAIT)
 
 
@@ -69,6 +83,17 @@ def _after_fork_in_parent() -> None:
     if getattr(_FORK, "holds_setup", False):
         _FORK.holds_setup = False
         _SETUP.release()
+    if STOP_FOR_FORK:
+        for transport in list(_TRANSPORTS):
+            transport._resume_after_fork()
+
+
+def _os_threads() -> int | None:
+    """The process's threads as the OS counts them (what 3.12's fork warning reads), where it can tell."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
 
 
 def _after_fork_in_child() -> None:
@@ -341,7 +366,9 @@ class Transport:
         self.batch: int | None = None  # None: half of max_queue_size
         self._generation = 0
         self._bell: threading.Event | None = None
+        self._forking = False  # the worker stops (a fork is about to happen) and is started after
         self.reset()
+        _TRANSPORTS.add(self)
         # Registered now (at import, for the process's client), so that it runs after every
         # atexit handler registered later: their events are still delivered.
         atexit.register(self._at_exit)
@@ -369,7 +396,36 @@ class Transport:
         self.closed = False  # the exit flush ran: later events are dropped and counted
 
     def after_fork_in_child(self) -> None:
+        self._forking = False
         self.reset(forked=True)
+
+    def _stop_for_fork(self) -> None:
+        """Before ``os.fork()``: stop the worker once the request it may be sending is done (a fork waits
+        at most FORK_JOIN for that, FORK_WAIT while it imports), and wait until its OS thread is gone."""
+        thread = self._thread
+        if thread is None or self.threads != 1:
+            return  # helpers sending a backlog: left alone
+        before = _os_threads()
+        self._forking = True
+        bell = self._bell
+        if bell is not None:
+            bell.set()
+        if _SETUP.acquire(timeout=FORK_WAIT):  # a worker still importing: as long as a fork waits for that anyway
+            _SETUP.release()
+        thread.join(FORK_JOIN)
+        if thread.is_alive() or before is None:
+            return
+        deadline = time.monotonic() + FORK_JOIN / 10  # join returns just before the OS thread ends (3.12)
+        while (_os_threads() or 0) >= before and time.monotonic() < deadline:
+            time.sleep(0.0005)
+
+    def _resume_after_fork(self) -> None:
+        """After ``os.fork()``, in the parent: what waits is sent, by a new worker."""
+        if not self._forking:
+            return
+        self._forking = False
+        if self._queue and not self.closed:
+            self._ring()
 
     # -- caller's side: cheap, never blocks -------------------------------------
     def submit(self, event: str, data: Any, made_at: float | None = None) -> bool:
@@ -540,6 +596,8 @@ class Transport:
         `wait`, when nothing is due now)."""
         queue, bell = self._queue, self._bell
         while generation == self._generation:
+            if self._forking:
+                return None  # a fork is near: the worker stops; a new one starts after it
             try:
                 delay = self._delay(perf_counter())
             except IndexError:  # empty

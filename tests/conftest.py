@@ -30,6 +30,13 @@ os.environ.update(ISOLATION)
 Path(_HOME, "ipy-telemetry-notice-shown").write_text("shown\n")
 for _name in SWITCHES:
     os.environ.pop(_name, None)
+# A CI run never consumes the notice (it is unattended): the suite behaves the same inside CI,
+# and the tests of CI detection set these themselves.
+from clacky_ipy.identity import CI_VARS  # noqa: E402
+
+SWITCHES = (*SWITCHES, "CI", *CI_VARS)
+for _name in SWITCHES:
+    os.environ.pop(_name, None)
 
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 
@@ -58,6 +65,16 @@ def home(monkeypatch, tmp_path) -> Path:
     path = tmp_path / "clacky-home"
     monkeypatch.setenv("CLACKY_HOME", str(path))
     return path
+
+
+@pytest.fixture
+def capsys(capfd):
+    """The output of in-process shells, read through the file descriptors (pytest's capfd).
+
+    The notice counts as seen only on a stream a person can see (a file descriptor, not an
+    in-memory buffer such as pytest's own capsys), as a real terminal's stdout is.
+    """
+    return capfd
 
 
 @pytest.fixture

@@ -247,6 +247,34 @@ def test_report_plot_target_refused_before_printing(good_db, tmp_path, target, w
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize(
+    "target, words",
+    [
+        pytest.param("page.png", ["png", ".html"], id="not-html"),
+        pytest.param(LONG + ".html", ["too long"], id="name-too-long"),
+        pytest.param("missing/page.html", ["does not exist"], id="missing-folder"),
+        pytest.param("file.png/page.html", ["not a folder"], id="parent-is-a-file"),
+    ],
+)
+def test_report_html_target_refused_before_printing(good_db, tmp_path, target, words):
+    (tmp_path / "file.png").write_bytes(b"")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    one_line_error(run("report", "--db", str(good_db), "--html", str(tmp_path / target)), "--html", *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_report_csv_table_unknown_is_one_line(good_db):
+    one_line_error(run("report", "--db", str(good_db), "--csv-table", "nope"), "--csv-table", "daily")
+
+
+def test_report_html_without_a_suffix_names_the_file_it_wrote(good_db, tmp_path):
+    pytest.importorskip("matplotlib")
+    proc = run("report", "--db", str(good_db), "--html", str(tmp_path / "page"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "page.html").read_text().startswith("<!DOCTYPE html>")
+    assert proc.stderr.strip() == f"page written to {tmp_path / 'page.html'}"
+
+
 def test_report_plot_without_a_suffix_names_the_file_it_wrote(good_db, tmp_path):
     pytest.importorskip("matplotlib")
     proc = run("report", "--db", str(good_db), "--plot", str(tmp_path / "noext"))

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import clacky_ipy
+from clacky_ipy import notice
 from clacky_ipy.config import NOTICE_FILE, OFF_FILE, POLICY_DIRS_ENV, policy_dirs
 from clacky_ipy.notice import NOTICE
 
@@ -107,7 +109,8 @@ def test_python_api_outside_ipython_prints_the_notice_to_stderr_once(fresh_clien
     clacky_ipy.task(model="m")
     receiver.wait()
     err = capsys.readouterr().err
-    assert err.count(NOTICE_MARK) == 1 and err.strip() == NOTICE
+    assert err.count(NOTICE_MARK) == 1 and err.strip() == notice.text(CLIENT.config)
+    assert err.startswith(NOTICE) and f"Sent to: {receiver.url}" in err
     assert len(receiver.requests) == 2 and (home / NOTICE_FILE).exists()
 
 
@@ -143,6 +146,17 @@ def kernel(env, extra=()):
     from jupyter_client.manager import start_new_kernel
 
     return start_new_kernel(kernel_name="python3", extra_arguments=list(extra), env=env)
+
+
+@contextmanager
+def running_kernel(env, extra=()):
+    """A real kernel's client, the kernel shut down after."""
+    km, kc = kernel(env, extra)
+    try:
+        yield kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
 
 
 def execute(kc, code, **kwargs):
@@ -181,21 +195,19 @@ def timed_receiver(receiver):
 SLOW_LOAD = f"""
 import sys, time, requests
 
-class Slow:
-    def __init__(self, real):
-        self.real = real
-    def write(self, text):
-        if {NOTICE_MARK!r} in text:
-            time.sleep(0.5)
-        return self.real.write(text)
-    def __getattr__(self, name):
-        return getattr(self.real, name)
+out = sys.stdout
+real_write = out.write
 
-sys.stdout = Slow(sys.stdout)
+def write(text):
+    if {NOTICE_MARK!r} in text:
+        time.sleep(0.5)
+    return real_write(text)
+
+out.write = write
 try:
     get_ipython().run_line_magic("load_ext", "clacky_ipy")
 finally:
-    sys.stdout = sys.stdout.real
+    del out.write
 """
 
 
@@ -215,8 +227,7 @@ def test_kernel_prints_the_notice_in_the_loading_cell_before_anything_is_receive
 
 def test_kernel_with_the_extension_at_startup_waits_for_the_first_cell(receiver, tmp_path):
     env = subprocess_env(CLACKY_HOME=str(tmp_path), CLACKY_LICENSE_SERVER=receiver.url)
-    km, kc = kernel(env, ["--ext=clacky_ipy"])
-    try:
+    with running_kernel(env, ["--ext=clacky_ipy"]) as kc:
         time.sleep(2)  # a kernel that sent at start-up has done so by now
         assert receiver.requests == []
         hidden = execute(kc, "x = 0", store_history=False)  # a frontend's own set-up code (VS Code)
@@ -224,9 +235,6 @@ def test_kernel_with_the_extension_at_startup_waits_for_the_first_cell(receiver,
         out = "".join(text for _, text in execute(kc, "x = 1"))
         assert NOTICE_MARK in out
         execute(kc, "%clacky_telemetry flush")
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     assert len(receiver.events("startup")) == 1
 
 
@@ -395,7 +403,7 @@ def test_log_shows_debug_and_opted_out_events(ip, receiver, blackhole, env):
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("%clacky_telemetry ", ["flush", "log", "off", "on", "status"]),
+        ("%clacky_telemetry ", ["flush", "log", "off", "on", "reset-id", "status"]),
         ("%clacky_telemetry o", ["off", "on"]),
         ("%clacky_telemetry l", ["log"]),
         ("%%clacky --m", ["--model"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 
@@ -10,14 +11,17 @@ import pytest
 from conftest import PYTHON, subprocess_env
 from nbclient.exceptions import CellExecutionError
 
-from clacky_ipy import payload
+from clacky_ipy import notice, payload
 from clacky_ipy.demo import execute_notebook, kernel_env, notebooks_dir
+from clacky_ipy.fakellm import FakeLLM
 
 NOTEBOOKS = sorted(notebooks_dir().glob("*.ipynb"))
+PRICED = importlib.util.find_spec("genai_prices") is not None  # the `prices` extra (Python 3.11+)
 
 #: What each bundled notebook must deliver: (trigger, status, model) of its task events, in order.
 EXPECTED = {
     "quickstart.ipynb": [
+        ("magic", "success", "gpt-4o-mini"),  # the real OpenAI SDK call to the fake LLM server
         ("magic", "success", "claude-sonnet-4"),
         ("magic", "success", "gpt-5"),
         ("magic", "error", None),
@@ -34,12 +38,16 @@ def outputs(nb, kind="stream"):
 
 
 def run_notebook(path, receiver, tmp_path):
-    env = kernel_env(receiver.url, tmp_path / "home")
-    env["PYTHONPATH"] = subprocess_env()["PYTHONPATH"]  # the kernel imports this checkout, not another install
-    try:
-        return execute_notebook(path, env, tmp_path)
-    finally:
-        receiver.quiet()  # the kernel sends its last events once idle, a moment after the last cell
+    """Run `path` with nbclient, in a home where a person saw the notice before (an unattended
+    run never consumes it: tests/test_notice_seen.py): its events carry launch_source nbclient."""
+    notice.mark_seen(tmp_path / "home")
+    with FakeLLM() as llm:
+        env = kernel_env(receiver.url, tmp_path / "home", llm.openai_url)
+        env["PYTHONPATH"] = subprocess_env()["PYTHONPATH"]  # the kernel imports this checkout, not another install
+        try:
+            return execute_notebook(path, env, tmp_path)
+        finally:
+            receiver.quiet()  # the kernel sends its last events once idle, a moment after the last cell
 
 
 def test_every_notebook_is_covered():
@@ -52,7 +60,13 @@ def test_notebook_in_a_real_kernel(path, receiver, tmp_path):
     startups = receiver.events("startup")
     tasks = receiver.events("task")
     assert len(startups) == 1 and startups[0]["frontend"] == "jupyter"
+    assert {e["launch_source"] for e in receiver.events()} == {"nbclient"}
     assert [(t["trigger"], t["status"], t.get("model")) for t in tasks] == EXPECTED[path.name]
+    if path.name == "quickstart.ipynb":  # the real SDK cell: what fakellm.USAGE says, as the gem counts it
+        sdk = tasks[0]
+        assert (sdk["provider"], sdk["prompt_tokens"], sdk["completion_tokens"]) == ("openai", 900, 50)
+        assert (sdk["cache_read_tokens"], sdk["cache_creation_tokens"], sdk["cache_hit_requests"]) == (600, 100, 1)
+        assert sdk.get("cost_usd") == (pytest.approx(0.000135) if PRICED else None)
     for request in receiver.requests:
         event = request.path.rsplit("/", 1)[-1]
         body = json.loads(request.get_data())
@@ -123,10 +137,15 @@ def test_demo_command_runs_offline_and_exits_0(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "Events received (7)" in out  # 1 startup, 6 tasks (see EXPECTED)
-    assert "unique_devices" in out and "tasks_by_status" in out
+    assert "Events received (8)" in out  # 1 startup, 7 tasks (see EXPECTED)
+    (sdk_row,) = [line for line in out.splitlines() if "gpt-4o-mini" in line and line.startswith("  task ")]
+    assert "900/50" in sdk_row  # the fake server's usage, as the gem counts it: cache writes out of the prompt
+    if PRICED:
+        assert "0.000135" in sdk_row.split()
+    assert "unique_devices" in out and "agent_runs" in out and "statuses" in out
     assert not (tmp_path / "home").exists()  # the demo never touches the user's Clacky home
-    # what a newcomer wants to see: the notice, the status, a payload as received, the opt-out
+    # what a newcomer wants to see: the notice (the demo shows it: its notebook runs unattended),
+    # the status, a payload as received, the opt-out
     assert "  | clacky_ipy: usage telemetry for OpenClacky is on" in out
     assert "  | Telemetry:    on" in out and "  | Device id:" in out
     head, body = out.split("One payload exactly as the collector received it", 1)[1].splitlines()[:2]
@@ -137,7 +156,7 @@ def test_demo_command_runs_offline_and_exits_0(tmp_path):
     # --keep: the database stays for `report`
     report = subprocess.run([PYTHON, "-m", "clacky_ipy", "report", "--db", str(kept), "--format", "json"],
                             env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert report.returncode == 0 and json.loads(report.stdout)["tasks"] == 6
+    assert report.returncode == 0 and json.loads(report.stdout)["tasks"] == 7
 
 
 def test_demo_takes_a_bundled_notebooks_name_and_refuses_in_one_line(tmp_path):

@@ -96,7 +96,7 @@ def test_the_vocabulary_is_the_contract():
         "device_id", "version", "brand", "trigger", "status", "duration_ms", "error_kind", "ci",
         "frontend", "model", "provider", "iterations", "cost_usd", "cost_source", "prompt_tokens",
         "completion_tokens", "cache_creation_tokens", "cache_read_tokens", "cache_total_requests",
-        "cache_hit_requests",
+        "cache_hit_requests", "launch_source",
     }  # fmt: skip
     assert payload.PATHS == {"startup": "/api/v1/telemetry/startup", "task": "/api/v1/telemetry/task"}
 

@@ -52,9 +52,11 @@ def db(db_target):
 def test_hand_counted_figures(db):
     r = report.build(db)
     assert (r["unique_devices"], r["startups"], r["tasks"]) == (2, 3, 5)
-    assert r["daily"] == [
-        {"day": "2026-11-20", "active_devices": 2, "tasks": 2},
-        {"day": "2026-11-21", "active_devices": 3, "tasks": 3},
+    assert [
+        {k: d[k] for k in ("day", "active_devices", "tasks", "agent_runs", "tracked_cells")} for d in r["daily"]
+    ] == [
+        {"day": "2026-11-20", "active_devices": 2, "tasks": 2, "agent_runs": 1, "tracked_cells": 1},
+        {"day": "2026-11-21", "active_devices": 3, "tasks": 3, "agent_runs": 3, "tracked_cells": 0},
     ]
     assert r["tasks_by_status"] == {"success": 3, "error": 1, "interrupted": 1}
     assert r["tasks_by_model"] == {"(none)": 2, "A": 2, "B": 1}
@@ -65,7 +67,7 @@ def test_hand_counted_figures(db):
         "interrupted": {"tasks": 1, "p50": 50, "p95": 50},
         "success": {"tasks": 3, "p50": 200, "p95": 400},
     }
-    assert r["cost_usd"] == {"total": 0.04, "mean": 0.02}
+    assert r["cost_usd"] == {"total": 0.04, "mean": 0.02, "agent_runs": 0.04}
     assert r["tokens"]["prompt_tokens"] == 30 and r["tokens"]["completion_tokens"] == 5
     assert r["by_frontend"] == {"jupyter": {"startups": 1, "tasks": 3}, "terminal": {"startups": 2, "tasks": 2}}
     assert r["by_launch_source"] == {"cli": 2, "installer": 1}
@@ -74,7 +76,7 @@ def test_hand_counted_figures(db):
 
 def test_exclude_ci(db):
     r = report.build(db, exclude_ci=True)
-    assert r["tasks"] == 4 and r["daily"][1] == {"day": "2026-11-21", "active_devices": 2, "tasks": 2}
+    assert r["tasks"] == 4 and (r["daily"][1]["active_devices"], r["daily"][1]["tasks"]) == (2, 2)
     assert r["tasks_by_model"] == {"(none)": 2, "A": 1, "B": 1}
 
 
@@ -110,7 +112,9 @@ def test_empty_database(db_target):
 def test_plot(db, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "trend.png"
-    report.plot(report.build(db), out)
+    from clacky_ipy import plot
+
+    plot.png(report.build(db), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
