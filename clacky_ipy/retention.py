@@ -13,14 +13,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from . import payload
-from .store import _COLUMNS, _KEYS, DAY_SQL, ROLLUP_TABLES, UPSERT, Query, Store, StoreError, _rollups, number
+from .reach import ADOPTION
+from .store import (
+    _COLUMNS,
+    _KEYS,
+    DAY_SQL,
+    ROLLUP_TABLES,
+    UPSERT,
+    Query,
+    Store,
+    StoreError,
+    _rollups,
+    device_shares,
+    number,
+)
 
 log = logging.getLogger("clacky_ipy.collector")
 
@@ -52,6 +66,22 @@ class Forgotten:
     days: int
     seconds: float
     longest_lock: float = 0.0
+
+
+#: Rollups `forget` and `prune` correct from other rollups rather than from raw events: the
+#: devices' shares of the device figures (summed over devices, so not day-local although keyed by
+#: day), and the duration histograms over every day (the sums of the per-day ones).
+DERIVED = ("rollup_reach", "rollup_durations_total")
+
+#: ``rollup_durations_total`` made again from ``rollup_durations`` (the same histograms, per day).
+TOTALS = [
+    ("DELETE FROM rollup_durations_total", []),
+    (
+        "INSERT INTO rollup_durations_total (run, dim, key, bucket, ci, n, lo, hi) SELECT run, dim, key, bucket, ci, "
+        "SUM(n), MIN(lo), MAX(hi) FROM rollup_durations GROUP BY run, dim, key, bucket, ci",
+        [],
+    ),
+]
 
 
 def scope(table: str) -> str:
@@ -114,6 +144,22 @@ def _delete_rows(store: Store, table: str, where: str, params: Sequence[Any]) ->
         removed += len(got)
 
 
+def _reshare(query: Query, devices: Sequence[str], change: Callable[[], Any]) -> Any:
+    """`change()` made to the devices' stored days and startups, with ``rollup_reach`` moved by
+    their shares' change (after minus before); rows left at 0 go, as a rebuild keeps none."""
+    delta: Counter = Counter()
+    for *key, n in device_shares(query, devices):  # each device's share, negated
+        delta[tuple(key)] += n
+    out = change()
+    for *key, n in device_shares(query, devices):
+        delta[tuple(key)] -= n
+    for key, n in sorted(delta.items()):
+        if n:
+            query(UPSERT["rollup_reach"], [*key, n])
+    query("DELETE FROM rollup_reach WHERE n = 0")
+    return out
+
+
 @contextmanager
 def _opened(db: Any, doing: str) -> Iterator[Store]:
     """The store at `db`, closed after; any database error as one `StoreError` line."""
@@ -149,15 +195,39 @@ def prune(db: Any, days: int, now: datetime | None = None) -> Pruned:
                 _delete_ids(store, old)
                 events += len(old)
         device_rows = 0
-        for table in ROLLUP_TABLES:
-            if "device_id" not in _KEYS[table]:
-                continue
-            columns = _COLUMNS[table]
-            if "day" in columns:
-                device_rows += _delete_rows(store, table, "day < ?", [first])
-            elif "last_seen" in columns:
-                device_rows += _delete_rows(store, table, "last_seen < ?", [first])
+        while True:  # the devices with days before the cutoff, a batch per transaction
+            got = store.engine.read(
+                f"SELECT DISTINCT device_id FROM rollup_device_days WHERE day < ? LIMIT {BATCH // 10}", [first]
+            )
+            if not got:
+                break
+            devices = sorted(row[0] for row in got)
+            device_rows += _locked(store, lambda query, devices=devices: _reshare(
+                query, devices, lambda: _prune_devices(query, devices, first)
+            ))  # fmt: skip
+        device_rows += _delete_rows(store, "rollup_devices", "last_seen < ?", [first])  # none but a repair's
         return Pruned(events, device_rows, first, time.perf_counter() - start, longest[0])
+
+
+def _prune_devices(query: Query, devices: Sequence[str], first: str) -> int:
+    """The devices' stored state as the events from `first` on leave it (as ``rebuild`` would
+    make it of them): their earlier days go, a device seen only before goes, the first day is
+    the first kept, and a latest startup before `first` is none. How many rows went."""
+    marks, params = _in(devices), [first, *devices]
+    removed = query(f"SELECT COUNT(*) FROM rollup_device_days WHERE day < ? AND device_id IN {marks}", params)[0][0]
+    removed += query(f"SELECT COUNT(*) FROM rollup_devices WHERE last_seen < ? AND device_id IN {marks}", params)[0][0]
+    query(f"DELETE FROM rollup_device_days WHERE day < ? AND device_id IN {marks}", params)
+    query(f"DELETE FROM rollup_devices WHERE last_seen < ? AND device_id IN {marks}", params)
+    # A scope's days: any event's in scope 0, a non-CI event's in scope 1 (see store._mask).
+    query(
+        "UPDATE rollup_devices SET first_seen = (SELECT MIN(d.day) FROM rollup_device_days d "
+        "WHERE d.device_id = rollup_devices.device_id AND (rollup_devices.scope = 0 OR d.startups + d.tasks > 0)) "
+        f"WHERE first_seen < ? AND device_id IN {marks}",
+        params,
+    )
+    cleared = ", ".join(f"{c} = ''" for c in ("startup_at", *ADOPTION))
+    query(f"UPDATE rollup_devices SET {cleared} WHERE startup_at <> '' AND startup_at < ? AND device_id IN {marks}", params)
+    return int(removed)
 
 
 def _fence(store: Store) -> int:
@@ -194,7 +264,7 @@ def forget(db: Any, devices: Sequence[str]) -> Forgotten:
 def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool]:
     """One pass of `forget`: (events removed, days recomputed, device rows removed, another round due)."""
     engine = store.engine
-    tables = {name: scope(name) for name in ROLLUP_TABLES}
+    tables = {name: scope(name) for name in ROLLUP_TABLES if name not in DERIVED}
     fence = _fence(store)
     mine = f"device_id IN {_in(devices)}"
     ids, days, last = [], set(), 0
@@ -225,7 +295,7 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
         statements += [(f"CREATE TEMPORARY TABLE {prefix}{t} ({d})", []) for t, d in ROLLUP_TABLES.items()]
         if kind == "day":
             statements += [
-                (f"CREATE INDEX {prefix}{t}_day ON {prefix}{t} (day)", []) for t in ROLLUP_TABLES if tables[t] == "day"
+                (f"CREATE INDEX {prefix}{t}_day ON {prefix}{t} (day)", []) for t in ROLLUP_TABLES if tables.get(t) == "day"
             ]
         engine.scratch(statements + engine.rollup_statements(where, prefix))
 
@@ -238,7 +308,7 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
             "AND (device_id IS NULL OR device_id NOT IN (SELECT device_id FROM forget_devices))",
             [fence] if day is None else [fence, day],
         )
-        later = _rollups([_fields(row) for row in rows])
+        later, _ = _rollups([_fields(row) for row in rows])
         query(f"DELETE FROM events WHERE id > ? AND {mine}{on_day}", [fence, *devices, *([] if day is None else [day])])
         for table in [t for t, k in tables.items() if k == kind]:
             columns = ", ".join(_COLUMNS[table])
@@ -264,12 +334,20 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
         if query(f"SELECT 1 FROM events WHERE id > ? AND {mine} LIMIT 1", [fence, *devices]):
             return 0, True
         query(f"DELETE FROM events WHERE id = ? AND {mine}", [fence, *devices])
-        removed = 0
-        for table, got in device_keys.items():
-            match = " AND ".join(f"{k} = ?" for k in _KEYS[table])
-            for key in got:
-                query(f"DELETE FROM {table} WHERE {match}", list(key))
-            removed += len(got)
+
+        def remove() -> int:
+            removed = 0
+            for table, got in device_keys.items():
+                match = " AND ".join(f"{k} = ?" for k in _KEYS[table])
+                for key in got:
+                    query(f"DELETE FROM {table} WHERE {match}", list(key))
+                removed += len(got)
+            return removed
+
+        # The devices' shares leave the device figures with their rows (nothing else holds them).
+        removed = _reshare(query, devices, remove)
+        for sql, params in TOTALS:  # the per-day histograms are right by now
+            query(sql, params)
         return removed, False
 
     # The devices' rows, found by a read (no lock): no event of theirs came after the fence, or
