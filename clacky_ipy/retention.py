@@ -2,10 +2,12 @@
 
 Both work in short transactions (a few thousand rows each) between which collectors go on
 storing, on SQLite and PostgreSQL alike. `forget` leaves the rollups as if the forgotten
-devices had never sent anything, whatever rollups the store keeps: a rollup keyed by device
-loses that device's rows; one keyed by day has the days the devices were active computed
-again from the remaining raw events by the same SQL as ``clacky-ipy rebuild``; any other is
-computed again whole. Events stored meanwhile are merged in as ingest merges them.
+devices had never sent anything: a rollup keyed by device loses that device's rows, and the
+device's share of the device figures (``rollup_reach``) goes with them; one keyed by day has the
+days the devices were active computed again from the remaining raw events by the same SQL as
+``clacky-ipy rebuild``; the all-days histograms are summed again from the per-day ones; any other
+is computed again whole. Events stored meanwhile are merged in as ingest merges them. `prune`
+leaves the device rollups (and shares) those of the events it keeps.
 """
 
 from __future__ import annotations
@@ -176,8 +178,9 @@ def _opened(db: Any, doing: str) -> Iterator[Store]:
 
 def prune(db: Any, days: int, now: datetime | None = None) -> Pruned:
     """Delete raw events received before today's date minus `days`, and the rollup rows that
-    name a device for those days (a device not seen since loses its first/last-seen row);
-    rollups without a device id stay, so the report's totals keep the whole history."""
+    name a device for those days (a device not seen since loses its first/last-seen row), each
+    device's share of the device figures moved to what the kept events make it; rollups without
+    a device id stay, so the report's totals keep the whole history."""
     start = time.perf_counter()
     first = cutoff(days, now)
     longest[0] = 0.0
@@ -226,7 +229,10 @@ def _prune_devices(query: Query, devices: Sequence[str], first: str) -> int:
         params,
     )
     cleared = ", ".join(f"{c} = ''" for c in ("startup_at", *ADOPTION))
-    query(f"UPDATE rollup_devices SET {cleared} WHERE startup_at <> '' AND startup_at < ? AND device_id IN {marks}", params)
+    query(
+        f"UPDATE rollup_devices SET {cleared} WHERE startup_at <> '' AND startup_at < ? AND device_id IN {marks}",
+        params,
+    )
     return int(removed)
 
 
@@ -295,7 +301,9 @@ def _forget_round(store: Store, devices: list[str]) -> tuple[int, int, int, bool
         statements += [(f"CREATE TEMPORARY TABLE {prefix}{t} ({d})", []) for t, d in ROLLUP_TABLES.items()]
         if kind == "day":
             statements += [
-                (f"CREATE INDEX {prefix}{t}_day ON {prefix}{t} (day)", []) for t in ROLLUP_TABLES if tables.get(t) == "day"
+                (f"CREATE INDEX {prefix}{t}_day ON {prefix}{t} (day)", [])
+                for t in ROLLUP_TABLES
+                if tables.get(t) == "day"
             ]
         engine.scratch(statements + engine.rollup_statements(where, prefix))
 

@@ -175,6 +175,23 @@ def test_prune_deletes_old_raw_events_and_per_device_rows_and_keeps_the_totals(d
     assert report.build(db_target, days=30, now=NOW) == report.build(second_db, days=30, now=NOW)
 
 
+def test_prune_leaves_the_device_figures_of_the_kept_events_and_ingest_goes_on_from_them(db_target, second_db):
+    """Every device's share (``rollup_reach``) is that of the kept events, and stays so as devices
+    seen only before the cutoff, or before and after it, send again."""
+    rows = events(6)
+    fill(db_target, rows)
+    first = prune(db_target, 20, now=NOW).kept_from
+    fill(second_db, [row for row in rows if row[0][:10] >= first])
+    rebuild(second_db)
+    assert rollups(db_target)["rollup_reach"] == rollups(second_db)["rollup_reach"]
+    again = [(stamp(0, 10 + i), "startup", {"device_id": d, "launch_source": "cli"}) for i, d in enumerate(DEVICES)]
+    again.append((stamp(0, 5), "task", {"device_id": "e" * 64, "status": "success"}))
+    for db in (db_target, second_db):
+        fill(db, again)
+    assert rollups(db_target)["rollup_reach"] == rollups(second_db)["rollup_reach"]
+    assert reports(db_target)[2:] == reports(second_db)[2:]  # --days 7, with and without CI
+
+
 def test_prune_from_the_command_line(tmp_path):
     db = str(tmp_path / "events.db")
     fill(db, events())
