@@ -99,7 +99,7 @@ def test_missing_folder(tmp_path):
 def random_events(n=600, seed=7):
     """Plausible and awkward events over six days: missing keys, CI unset, zero and float durations."""
     rng = random.Random(seed)
-    devices = [f"dev{i}" for i in range(15)]
+    devices = [f"device-{i:02d}" for i in range(15)]  # ids the vocabulary keeps (8 to 64 characters)
     out = []
     for _ in range(n):
         at = f"2026-11-{rng.randrange(15, 21)}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00.000000Z"
