@@ -86,7 +86,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "status": ("success", "error", "interrupted"),
     "trigger": ("magic", "cell", "api"),
     "cost_source": ("estimated", "api", "price"),
-    "launch_source": ("cli", "installer"),
+    "launch_source": LAUNCH_SOURCES,
     "frontend": ("terminal", "jupyter", "colab", "vscode"),
     "container": ("docker",),
 }
