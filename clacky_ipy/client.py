@@ -619,7 +619,8 @@ class Client:
             "endpoint": config.endpoint,
             "fallback_endpoints": list(config.fallback_endpoints),
             # exactly what is sent (made valid UTF-8, capped), not brand.yml's text as it is
-            "device_id": None if context is None else payload.clean("startup", context).get("device_id"),
+            # "" when brand.yml's id is no id (`payload.DEVICE_ID`): events then go without one
+            "device_id": None if context is None else payload.clean("startup", context).get("device_id", ""),
             "device_id_source": None
             if context is None
             else device_id_source(home, self._device_stored, self._device_random),
