@@ -58,6 +58,8 @@ SIZES = {
     "lab_rounds": (20, 3),  # JupyterLab page loads per config
     "status_calls": (200, 20),
     "reach_devices": (1_000_000, 2_000),  # distinct devices, two events each, through the store's API
+    "service_rounds": (4, 1),  # interleaved ingest rounds: before / guard off / guard on
+    "metrics_scrapes": (200, 20),
 }
 TARGETS = {
     "cell_ratio": 1.03,
@@ -72,6 +74,8 @@ TARGETS = {
     "ingest_events_per_s": 3000,
     "store_report_s": 1.0,
     "pg_ingest_events_per_s": 1703,  # the http.server collector's SQLite figure before this version
+    "service_ingest_ratio": 0.90,  # ingest with metrics, credentials and rate limits: >= 90 % of before
+    "ingest_stall_s": 0.1,  # the longest an ingest commit waits for forget or prune
 }
 SHUTDOWN_TIMEOUT = 1.0  # the default, which the exit rows are measured against
 #: The sequential transport (one thread, one connection, each event sent at once): the package
@@ -80,6 +84,8 @@ BASELINE_TRANSPORT = "951d7d28f8a150b6aa4013301ad2d364ca250cef"
 #: The last http.server collector (before the ASGI one): loaded from git history for the
 #: side-by-side rows, never committed as a copy.
 BASELINE_COLLECTOR = "951d7d28f8a150b6aa4013301ad2d364ca250cef"
+#: The collector before credentials, rate limits and /metrics: the service rows' "before".
+BASELINE_SERVICE = "75a6ddd77e9115cd1a55ac81dc431f2392623c5b"
 #: Serves `clacky_ipy.collector` as it was at BASELINE_COLLECTOR: argv = source file, db, port.
 BASELINE_SERVER = """
 import importlib.util, signal, sys
@@ -144,15 +150,18 @@ def collector_process(db: Path, baseline: Path | None = None) -> Iterator[str]:
         server.close()
 
 
-def collector_processes(db: Path, baseline: Path | None = None) -> Iterator[Any]:
-    """Yields the collector's URL, then its process (for /proc figures); stops it when closed."""
+def collector_processes(
+    db: Path, baseline: Path | None = None, options: tuple[str, ...] = (), package: Path = ROOT
+) -> Iterator[Any]:
+    """Yields the collector's URL, then its process (for /proc figures); stops it when closed.
+    `options` are more ``collect`` options; `package` the folder holding the clacky_ipy it runs."""
     port = free_port()
     if baseline is None:
-        cmd = [PYTHON, "-m", "clacky_ipy", "collect", "--db", str(db), "--port", str(port)]
+        cmd = [PYTHON, "-m", "clacky_ipy", "collect", "--db", str(db), "--port", str(port), *options]
     else:
         cmd = [PYTHON, "-c", BASELINE_SERVER, str(baseline), str(db), str(port)]
     proc = subprocess.Popen(
-        cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd, env={**os.environ, "PYTHONPATH": str(package)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
@@ -182,18 +191,18 @@ def baseline_collector(work: Path) -> Path | None:
     return path
 
 
-def baseline_package(work: Path) -> Path | None:
-    """A directory holding `clacky_ipy` as it was at BASELINE_TRANSPORT (for PYTHONPATH), or None
+def baseline_package(work: Path, commit: str = BASELINE_TRANSPORT) -> Path | None:
+    """A directory holding `clacky_ipy` as it was at `commit` (for PYTHONPATH), or None
     outside a git checkout."""
     import io
     import tarfile
 
-    dest = work / "baseline-package"
+    dest = work / f"baseline-package-{commit[:12]}"
     if (dest / "clacky_ipy").is_dir():
         return dest
     try:
         archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", BASELINE_TRANSPORT, "clacky_ipy"], capture_output=True, check=True
+            ["git", "-C", str(ROOT), "archive", commit, "clacky_ipy"], capture_output=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -683,6 +692,7 @@ def child_burst(args: dict[str, Any]) -> dict[str, Any]:
 
 def child_ingest(args: dict[str, Any]) -> dict[str, Any]:
     """8 concurrent keep-alive clients posting task events to the collector."""
+    import base64
     import http.client
     from urllib.parse import urlsplit
 
@@ -697,6 +707,8 @@ def child_ingest(args: dict[str, Any]) -> dict[str, Any]:
     def client() -> None:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         headers = {"Content-Type": "application/json"}
+        if args.get("auth"):
+            headers["Authorization"] = "Basic " + base64.b64encode(args["auth"].encode()).decode()
         barrier.wait()
         for _ in range(per_client):
             conn.request("POST", "/api/v1/telemetry/task", body=body, headers=headers)
@@ -707,13 +719,27 @@ def child_ingest(args: dict[str, Any]) -> dict[str, Any]:
         conn.close()
 
     threads = [threading.Thread(target=client) for _ in range(args["clients"])]
+    warm = args.get("warm", 0)
+    for _ in range(warm):  # a long-running collector's state: credentials checked once, tables open
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        headers = {"Content-Type": "application/json"}
+        if args.get("auth"):
+            headers["Authorization"] = "Basic " + base64.b64encode(args["auth"].encode()).decode()
+        conn.request("POST", "/api/v1/telemetry/task", body=body, headers=headers)
+        conn.getresponse().read()
+        conn.close()
     for t in threads:
         t.start()
     barrier.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
-    return {"seconds": time.perf_counter() - t0, "events": per_client * args["clients"], "errors": errors[0]}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "events": per_client * args["clients"],
+        "errors": errors[0],
+        "warm": warm,
+    }
 
 
 def child_pg_batches(args: dict[str, Any]) -> dict[str, Any]:
@@ -1562,6 +1588,133 @@ class Bench:
                 took <= TARGETS["store_report_s"],
             )
 
+    # -- the collector as a service: credentials, rate limits, /metrics, forget and prune --------
+    def service(self) -> None:
+        self.service_ingest()
+        self.service_store()
+
+    def service_ingest(self) -> None:
+        """Ingest before this version (no /metrics), and now with the guard off and on, interleaved."""
+        n, rounds = self.size("ingest_events"), self.size("service_rounds")
+        print(f"collector ingest before/after /metrics, credentials and rate limits ({rounds} rounds) ...", flush=True)
+        from clacky_ipy.guard import hash_password
+
+        credentials = self.work / "credentials"
+        credentials.write_text(f"bench:{hash_password('bench')}\n")
+        before = baseline_package(self.work, BASELINE_SERVICE)
+        guarded = ("--credentials", str(credentials), "--rate-limit", "100000/s", "--peer-rate-limit", "1000000/s")
+        configs: dict[str, tuple[Path, tuple[str, ...], str | None]] = {
+            "guard off": (ROOT, (), None),
+            "credentials + rate limits": (ROOT, guarded, "bench:bench"),
+        }
+        if before is not None:
+            configs = {"before (no /metrics)": (before, (), None), **configs}
+        got: dict[str, dict[str, list[float]]] = {name: {"rate": [], "cpu_us": []} for name in configs}
+        for r in range(rounds):
+            for name, (package, options, auth) in configs.items():
+                db = self.work / f"service-ingest-{r}-{len(got[name]['rate'])}-{abs(hash(name))}.db"
+                servers = collector_processes(db, None, options, package)
+                url, proc = next(servers), next(servers)
+                try:
+                    args = {"url": url, "events": n, "clients": 8, "auth": auth, "warm": 1}
+                    run_child("ingest", {**args, "events": 8}, child_env(self.home("service-ingest"), url))
+                    cpu0 = cpu_seconds(proc.pid)  # measured after a warm-up: a collector runs for days
+                    out = run_child("ingest", {**args, "warm": 0}, child_env(self.home("service-ingest"), url))
+                    cpu_us = (cpu_seconds(proc.pid) - cpu0) / out["events"] * 1e6
+                finally:
+                    servers.close()
+                if out["errors"] or stored(db) != out["events"] + 9:
+                    raise RuntimeError(f"{name}: {out['errors']} errors, {stored(db)}/{out['events']} stored")
+                got[name]["rate"].append(out["events"] / out["seconds"])
+                got[name]["cpu_us"].append(cpu_us)
+        means = {name: {k: statistics.mean(v) for k, v in figures.items()} for name, figures in got.items()}
+        self.results["service_ingest"] = {"rounds": got, "means": means}
+        base = means.get("before (no /metrics)", means["guard off"])
+        for name, m in means.items():
+            ratio = m["rate"] / base["rate"]
+            compared = name != "before (no /metrics)"
+            self.row(
+                f"collector ingest, 8 keep-alive clients, SQLite, {rounds} interleaved rounds: {name}",
+                f"{m['rate']:.0f} events/s, {m['cpu_us']:.0f} µs server CPU each"
+                + (f"; x{ratio:.2f} of before, CPU x{m['cpu_us'] / base['cpu_us']:.2f}" if compared else ""),
+                f">= {TARGETS['service_ingest_ratio']:.2f} x before" if compared else "-",
+                ratio >= TARGETS["service_ingest_ratio"] if compared else None,
+            )
+
+    def service_store(self) -> None:
+        """/metrics, forget of one device and prune of 30 days at ten million events (SQLite), with a
+        writer committing small batches all along: the longest it waited is what ingest felt."""
+        n, devices, days = self.size("store_events"), self.size("store_devices"), 90
+        print(f"service at {n:,} events: /metrics, forget, prune (SQLite) ...", flush=True)
+        sys.path.insert(0, str(ROOT / "tests"))
+        old = cached_old_sqlite(self.work, self.quick, n, devices, days)
+        db = self.work / "service.db"
+        shutil.copyfile(old, db)
+        rebuilt, _ = timed_command("rebuild", "--db", str(db), repeat=1)
+        print(f"  (rebuilt in {rebuilt:.0f} s)", flush=True)
+        results: dict[str, Any] = {"events": n, "rebuild_s": rebuilt}
+        with collector_process(db) as url:
+            import requests
+
+            scrapes = []
+            with requests.Session() as session:
+                for _ in range(self.size("metrics_scrapes")):
+                    t0 = time.perf_counter()
+                    response = session.get(url + "/metrics", timeout=10)
+                    scrapes.append(time.perf_counter() - t0)
+                    assert response.status_code == 200
+            results["metrics_scrape_ms"] = {"median": statistics.median(scrapes) * 1e3, "max": max(scrapes) * 1e3}
+            self.row(
+                f"GET /metrics at {n:,} events",
+                f"{statistics.median(scrapes) * 1e3:.2f} ms median, {max(scrapes) * 1e3:.1f} ms max "
+                f"({len(scrapes)} scrapes, {len(response.content):,} bytes)",
+                "report it",
+                None,
+            )
+        device = f"{1:064x}"
+        for name, args in (
+            ("forget of one device", ("forget", "--db", str(db), device)),
+            ("prune of 30 days", ("prune", "--db", str(db), "--older-than", str(days - 31))),
+        ):
+            took, out, stalls = self._while_writing(db, args)
+            worst = max(stalls)
+            results[name] = {"seconds": took, "output": out.strip(), "commits": len(stalls), "max_stall_s": worst}
+            self.row(
+                f"`clacky-ipy {args[0]}` at {n:,} events, SQLite: {name}",
+                f"{took:.1f} s; {out.strip()}; a writer's {len(stalls)} commits meanwhile: longest "
+                f"{worst * 1e3:.0f} ms, p99 {quantile_us([int(x * 1e9) for x in stalls], 0.99) / 1e3:.0f} ms",
+                f"longest commit <= {TARGETS['ingest_stall_s'] * 1e3:.0f} ms",
+                worst <= TARGETS["ingest_stall_s"],
+            )
+        self.results["service_store"] = results
+
+    def _while_writing(self, db: Path, args: tuple[str, ...]) -> tuple[float, str, list[float]]:
+        """`clacky-ipy ARGS` in a child, while this process commits 8 events every 5 ms into `db`."""
+        from clacky_ipy import payload
+        from clacky_ipy.store import open_store, utc_now
+
+        fields = payload.clean("task", {"device_id": "b" * 64, "status": "success", "duration_ms": 900})
+        store = open_store(db)
+        stalls: list[float] = []
+        done = threading.Event()
+
+        def write() -> None:
+            while not done.is_set():
+                t0 = time.perf_counter()
+                store.add_batch([(utc_now(), "task", fields)] * 8)
+                stalls.append(time.perf_counter() - t0)
+                time.sleep(0.005)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            took, out = timed_command(*args, repeat=1)
+        finally:
+            done.set()
+            writer.join()
+            store.close()
+        return took, out, stalls
+
 
 # -- the store: reports from rollups at ten million events, rebuild, PostgreSQL ---------------
 #: The generated events' columns, and each one's value in SQL from per-row random numbers
@@ -1764,9 +1917,10 @@ SECTIONS = (
     "devices",
     "jupyterlab",
     "agents",
+    "service",
 )
 #: Parts of a section that can also run alone (`--only ingest`).
-PARTS = ("ingest", "idle")
+PARTS = ("ingest", "idle", "service_ingest", "service_store")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,10 +23,39 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _hash_password(args: argparse.Namespace) -> int:
+    """``collect --hash-password [USER]``: a credentials file's line from a password read from stdin."""
+    import getpass
+
+    from .guard import hash_password
+
+    tty = sys.stdin.isatty()
+    password = getpass.getpass("password: ") if tty else sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        return _fail("collect", "--hash-password: an empty password")
+    user = args.hash_password
+    print(f"{user}:{hash_password(password)}" if user else hash_password(password), flush=True)
+    return 0
+
+
 def _collect(args: argparse.Namespace) -> int:
     from . import collector, collector_log
+    from .guard import Guard, GuardError
+    from .metrics import multiprocess_problem, networks
     from .store import StoreError
 
+    if args.hash_password is not None:
+        return _hash_password(args)
+    problem = multiprocess_problem()
+    if problem:
+        return _fail("collect", problem)
+    try:
+        guard = Guard.from_options(args.credentials, args.rate_limit, args.burst, args.peer_rate_limit)
+        metrics_from = [str(n) for n in networks(args.metrics_from)] if args.metrics_from else None
+    except GuardError as exc:
+        return _fail("collect", str(exc))
+    except ValueError as exc:
+        return _fail("collect", f"--metrics-from: {exc}")
     # Until the server takes SIGTERM over (and after it gives it back), it stops us as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -37,6 +66,9 @@ def _collect(args: argparse.Namespace) -> int:
             verbose=args.verbose,
             max_connections=args.max_connections,
             read_timeout=args.read_timeout,
+            guard=guard,
+            metrics_from=metrics_from,
+            retain_days=args.retain_days,
         )
     except ImportError:
         return _fail("collect", "the collector needs uvicorn: pip install 'clacky-ipy[collector]'")
@@ -46,10 +78,10 @@ def _collect(args: argparse.Namespace) -> int:
         return _fail("collect", f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         return 0
-    if not collector.is_loopback(args.host):
+    if not collector.is_loopback(args.host) and guard.credentials is None:
         print(
             f"clacky-ipy collect: warning: listening on {args.host} exposes an unauthenticated endpoint "
-            "to every network it can be reached from; anyone there can store events",
+            "to every network it can be reached from; anyone there can store events (see --credentials)",
             file=sys.stderr,
             flush=True,
         )
@@ -164,6 +196,46 @@ def _rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retention(command: str, run: Callable[[], Any], describe: Callable[[Any], str]) -> int:
+    """`prune` and `forget`: run, then one line of what was done (or of why not, exit code 2)."""
+    from .store import StoreError
+
+    try:
+        done = run()
+    except StoreError as exc:
+        return _fail(command, str(exc))
+    print(describe(done), flush=True)
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .retention import prune
+
+    return _retention(
+        "prune",
+        lambda: prune(args.db, args.older_than),
+        lambda done: (
+            f"pruned {done.events:,} raw events received before {done.kept_from} and "
+            f"{done.device_rows:,} per-device rollup rows in {done.seconds:.1f} s "
+            f"(longest transaction {done.longest_lock * 1000:.0f} ms)"
+        ),
+    )
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from .retention import forget
+
+    return _retention(
+        "forget",
+        lambda: forget(args.db, args.device_id),
+        lambda done: (
+            f"forgot {done.devices} device(s): {done.events:,} raw events and {done.device_rows:,} "
+            f"per-device rollup rows removed, {done.days:,} days of aggregates recomputed, in {done.seconds:.1f} s "
+            f"(longest transaction {done.longest_lock * 1000:.0f} ms)"
+        ),
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main
 
@@ -236,6 +308,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     from .client import __version__
+    from .guard import MIN_BURST, PEER_FACTOR
 
     p = _Parser(prog="clacky-ipy", description="OpenClacky telemetry for IPython: tools.")
     p.add_argument("--version", action="version", version=f"clacky-ipy {__version__}")
@@ -270,6 +343,46 @@ def parser() -> argparse.ArgumentParser:
         type=_bounded(float, 0.1, 3600),
         default=10.0,
         help="seconds a connection has to send each whole request (default: 10)",
+    )
+    c.add_argument(
+        "--credentials",
+        metavar="FILE",
+        help="every POST needs HTTP basic auth matching a user:hash line of FILE (see --hash-password)",
+    )
+    c.add_argument(
+        "--hash-password",
+        nargs="?",
+        const="",
+        metavar="USER",
+        help="print a credentials file's line (USER:hash) for a password read from stdin, then exit",
+    )
+    c.add_argument(
+        "--rate-limit",
+        metavar="N/s",
+        help="events each device id may send (e.g. 5/s, 100/min); over it: 429 with Retry-After (default: none)",
+    )
+    c.add_argument(
+        "--burst",
+        type=_bounded(float, 1, 1e6),
+        help=f"events a device may send at once before --rate-limit applies (default: {MIN_BURST} "
+        "or ten seconds' worth)",
+    )
+    c.add_argument(
+        "--peer-rate-limit",
+        metavar="N/s",
+        help=f"events each peer address may send (default: {PEER_FACTOR} x --rate-limit)",
+    )
+    c.add_argument(
+        "--metrics-from",
+        action="append",
+        metavar="NETWORK",
+        help="networks (CIDR, comma-separated or repeated) that may GET /metrics (default: loopback only)",
+    )
+    c.add_argument(
+        "--retain-days",
+        type=_bounded(int, 1, MAX_DAYS, "a positive number of days"),
+        metavar="N",
+        help="delete raw events older than N whole days, hourly (as `clacky-ipy prune`; default: keep all)",
     )
     c.set_defaults(func=_collect)
 
@@ -308,6 +421,22 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("rebuild", help="recompute the report's rollups from the raw events (repair, upgrade)")
     b.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
     b.set_defaults(func=_rebuild, interrupted=UNCHANGED)
+
+    pr = sub.add_parser("prune", help="delete raw events older than N whole days (rollups without a device stay)")
+    pr.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
+    pr.add_argument(
+        "--older-than",
+        required=True,
+        type=_bounded(int, 1, MAX_DAYS, "a positive number of days"),
+        metavar="N",
+        help="today and the N days before it stay",
+    )
+    pr.set_defaults(func=_prune, interrupted="what was deleted so far is gone, the rest kept; run it again to finish")
+
+    f = sub.add_parser("forget", help="erase devices: their raw events and every rollup figure derived from them")
+    f.add_argument("--db", required=True, help="the collector's SQLite file or postgresql:// URL")
+    f.add_argument("device_id", nargs="+", metavar="DEVICE_ID", help="the device ids to forget")
+    f.set_defaults(func=_forget, interrupted="the devices are partly forgotten; run the same forget again to finish")
 
     d = sub.add_parser("demo", help="collector + quickstart notebook in a real kernel + report, offline")
     d.add_argument(

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from . import agents, notice, payload
+from . import notice, payload
 from .config import (
     ClackyTelemetry,
     env_off_reason,
@@ -442,6 +442,8 @@ class Client:
         trigger, error, measured, result, fields, info = data
         if info is not None and is_extension_cell(getattr(info, "raw_cell", None)):
             return None
+        from . import agents  # on the worker: reading results is no part of %load_ext
+
         event = agents.task_metrics(result, fields)
         event["trigger"] = trigger
         event["status"] = payload.status_of(error, event.get("status"))
@@ -617,7 +619,8 @@ class Client:
             "endpoint": config.endpoint,
             "fallback_endpoints": list(config.fallback_endpoints),
             # exactly what is sent (made valid UTF-8, capped), not brand.yml's text as it is
-            "device_id": None if context is None else payload.clean("startup", context).get("device_id"),
+            # "" when brand.yml's id is no id (`payload.DEVICE_ID`): events then go without one
+            "device_id": None if context is None else payload.clean("startup", context).get("device_id", ""),
             "device_id_source": None
             if context is None
             else device_id_source(home, self._device_stored, self._device_random),
@@ -702,6 +705,8 @@ class Tracker:
         """What the event is built from: `result`, and every result added, as one `agents.Runs`."""
         if not self._added:
             return self.result
+        from . import agents
+
         return agents.Runs([*self._added, self.result] if self.result is not None else self._added)
 
 

@@ -6,7 +6,9 @@ under any ASGI server: ``CLACKY_COLLECTOR_DB=events.db uvicorn clacky_ipy.collec
 committed, stamps the time itself (UTC, server clock), never stores or logs the peer's
 address, and keeps only the vocabulary's keys (`payload.clean`, as the client does).
 
-Anyone who can reach it can send anything, so everything is bounded: 16 KiB a body, a
+It also answers probes (``/healthz``, ``/readyz``) and Prometheus (``/metrics``, `metrics`),
+and with a `guard.Guard` asks for credentials and limits each peer's and device's rate.
+Whoever can reach it can send anything, so everything is bounded: 16 KiB a body, a
 deadline to deliver each request, a number of connections (the longest idle one makes
 room for a newcomer), a listen backlog; a body it does not read is still consumed by the
 HTTP parser, never taken for the next request; a body that is not plain JSON within the
@@ -28,12 +30,18 @@ import queue
 import signal
 import socket
 import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from . import payload
+from . import payload, safe
 from .collector_log import CollectorLog
-from .store import Store, StoreError, open_store, utc_now
+from .guard import Guard, GuardError, peer_key, retry_after
+from .metrics import LOOPBACK, multiprocess_problem
+from .metrics import allowed as metrics_allowed
+from .metrics import networks as metrics_nets
+from .store import Probe, Store, StoreError, open_store, utc_now
 
 #: `Store`, `StoreError` and `utc_now` live in `store`; still importable from here.
 __all__ = ["DB_ENV", "MAX_BODY", "App", "Collector", "Store", "StoreError", "app", "parse", "utc_now"]
@@ -42,6 +50,8 @@ MAX_BODY = 16 * 1024
 #: Where ``uvicorn clacky_ipy.collector:app`` (or gunicorn, or any ASGI server) stores events.
 DB_ENV = "CLACKY_COLLECTOR_DB"
 DEFAULT_DB = "clacky-events.db"
+#: For ``uvicorn clacky_ipy.collector:app``: the networks allowed to read /metrics (else loopback).
+METRICS_FROM_ENV = "CLACKY_COLLECTOR_METRICS_FROM"
 
 #: Open connections at most; beyond it the longest idle one is closed to make room.
 MAX_CONNECTIONS = 1024
@@ -126,8 +136,9 @@ class Writer:
     """The one thread that writes: takes every row waiting, commits them in one transaction
     (`Store.add_batch`), then wakes each request's future, which answers 201 only then."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, metrics: Any = None) -> None:
         self.store = store
+        self.metrics = metrics
         self._queue: queue.SimpleQueue[tuple[Row, asyncio.Future[None]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="clacky-collector-writer", daemon=True)
         self._thread.start()
@@ -157,15 +168,23 @@ class Writer:
                 except queue.Empty:
                     break
             stop = item is None
+            if self.metrics is not None:
+                self.metrics.queue.set(self._queue.qsize())
             if batch:
                 self._commit(batch)
 
     def _commit(self, batch: list[tuple[Row, asyncio.Future[None]]]) -> None:
         error: BaseException | None = None
+        started = time.perf_counter()
         try:
             self.store.add_batch([row for row, _ in batch])
         except Exception as exc:  # a full disk, a lost server: each request answers 503
             error = exc if isinstance(exc, StoreError) else StoreError(str(exc) or type(exc).__name__)
+        if error is None and self.metrics is not None:
+            counts: dict[str, int] = {}
+            for (_, event, _), _ in batch:
+                counts[event] = counts.get(event, 0) + 1
+            self.metrics.committed(counts, time.perf_counter() - started)
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for _, future in batch:
             by_loop.setdefault(future.get_loop(), []).append(future)
@@ -186,11 +205,13 @@ def _settle(futures: list[asyncio.Future[None]], error: BaseException | None) ->
 
 
 # -- the application ---------------------------------------------------------------------------
-def _answer(status: int, message: str, close: bool = False, allow: bool = False) -> tuple[dict, dict]:
+def _answer(
+    status: int, message: str, close: bool = False, allow: bytes | bool = False, extra: tuple = ()
+) -> tuple[dict, dict]:
     body = json.dumps({"status": status, "message": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
     if allow:
-        headers.append((b"allow", b"POST"))
+        headers.append((b"allow", b"POST" if allow is True else allow))
     if close:  # the rest of what the client sends is not read: the connection ends here
         headers.append((b"connection", b"close"))
     return {"type": "http.response.start", "status": status, "headers": headers}, {
@@ -205,6 +226,30 @@ NOT_ALLOWED = _answer(405, "only POST is allowed here", allow=True)
 LENGTH_REQUIRED = _answer(411, "a Content-Length is required", close=True)
 TOO_LARGE = _answer(413, f"body larger than {MAX_BODY} bytes", close=True)
 UNAVAILABLE = _answer(503, "could not store the event")
+UNAUTHORIZED = _answer(
+    401, "credentials required: HTTP basic auth", extra=((b"www-authenticate", b'Basic realm="clacky-ipy collector"'),)
+)
+
+
+def _too_many(seconds: float) -> tuple[dict, dict]:
+    wait = retry_after(seconds)
+    return _answer(429, f"too many events: retry after {wait} s", extra=((b"retry-after", wait.encode()),))
+
+
+def _plain(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8") -> tuple[dict, dict]:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if status == 405:
+        headers.append((b"allow", b"GET, HEAD"))
+    return {"type": "http.response.start", "status": status, "headers": headers}, {
+        "type": "http.response.body",
+        "body": body,
+    }
+
+
+#: Seconds `/readyz` waits for the store's answer.
+READY_TIMEOUT = 1.0
+#: The service's own endpoints: probes and metrics (GET), never logged, never on the write path.
+SERVICE_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
 class App:
@@ -215,22 +260,50 @@ class App:
     gets them on the first request.
     """
 
-    def __init__(self, db: str | os.PathLike | None = None, *, store: Store | None = None, verbose: bool = False):
+    def __init__(
+        self,
+        db: str | os.PathLike | None = None,
+        *,
+        store: Store | None = None,
+        verbose: bool = False,
+        guard: Guard | None = None,
+        metrics_from: Sequence[str] = (),
+    ):
         self.db = db
         self.store = store
         self.verbose = verbose
+        self.guard = guard
         self.log = CollectorLog(verbose)  # never blocks; an outage is a few lines
         self._owns_store = store is None
         self._writer: Writer | None = None
         self._starting = threading.Lock()
+        self.metrics: Any = None
+        self.metrics_from = metrics_nets(metrics_from) if metrics_from else None
+        self._probe: Probe | None = None
+        self._probing: asyncio.Future | None = None
+        self._checking: dict[bytes | None, asyncio.Future[bool]] = {}
 
     def start(self) -> None:
         """Open the store (if given a path) and start the writer; blocking, idempotent."""
         with self._starting:
             if self._writer is None:
+                if self.guard is None:  # ``uvicorn clacky_ipy.collector:app``: settings from the environment
+                    self.guard = Guard.from_env(os.environ)
+                if self.metrics_from is None:
+                    spec = os.environ.get(METRICS_FROM_ENV) or ",".join(LOOPBACK)
+                    try:
+                        self.metrics_from = metrics_nets([spec])
+                    except ValueError as exc:
+                        raise GuardError(f"{METRICS_FROM_ENV}={spec!r}: {exc}") from None
+                if self.metrics is None:
+                    problem = multiprocess_problem()
+                    if problem:
+                        raise GuardError(problem)
+                    self.metrics = _new_metrics()
                 if self.store is None:
                     self.store = open_store(self.db if self.db is not None else os.environ.get(DB_ENV, DEFAULT_DB))
-                self._writer = Writer(self.store)
+                self._probe = self.store.probe()
+                self._writer = Writer(self.store, self.metrics)
 
     def stop(self) -> None:
         """Commit every queued row, stop the writer, close the store if this app opened it."""
@@ -238,6 +311,8 @@ class App:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+                if self._probe is not None:
+                    self._probe.close()
                 if self._owns_store and self.store is not None:
                     self.store.close()
                     self.store = None
@@ -245,11 +320,16 @@ class App:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
+            if scope["path"] in SERVICE_PATHS:  # probes and scrapes: not logged, not counted
+                await self._service(scope, send)
+                return
             try:
                 status = await self._http(scope, receive, send)
             except Exception as exc:  # a bug must not print a traceback with the request in it
                 self.log.internal(f"{type(exc).__name__}: {exc}")
                 status = 500
+            if status != 201 and self.metrics is not None:
+                self.metrics.refuse(status)
             self.log.request(scope["method"], scope["path"], status)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -261,7 +341,7 @@ class App:
             if message["type"] == "lifespan.startup":
                 try:
                     await loop.run_in_executor(None, self.start)
-                except StoreError as exc:
+                except (StoreError, GuardError) as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -276,16 +356,25 @@ class App:
             return await _send(send, NOT_FOUND, head=scope["method"] == "HEAD")
         if scope["method"] != "POST":
             return await _send(send, NOT_ALLOWED, head=scope["method"] == "HEAD")
-        length = None
+        if self._writer is None:
+            await asyncio.get_running_loop().run_in_executor(None, self.start)
+        length = authorization = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = value
             elif name == b"transfer-encoding":
                 return await _send(send, LENGTH_REQUIRED)
+            elif name == b"authorization":
+                authorization = value
         if length is None or not length.isdigit():  # bytes.isdigit: ASCII digits only, never "²"
             return await _send(send, LENGTH_REQUIRED)
         if int(length) > MAX_BODY:
             return await _send(send, TOO_LARGE)
+        guard = self.guard
+        if guard is not None and guard.active:
+            refusal = await self._admit(guard, scope, authorization)
+            if refusal is not None:
+                return await _send(send, refusal)
         body = b""
         while True:
             message = await receive()
@@ -297,11 +386,17 @@ class App:
             if not message.get("more_body"):
                 break
         try:
-            fields = payload.clean(event, parse(body))
+            raw = parse(body)
         except BadBody as exc:
             return await _send(send, _answer(400, str(exc)))
-        if self._writer is None:
-            await asyncio.get_running_loop().run_in_executor(None, self.start)
+        problem = payload.device_id_problem(raw)
+        if problem is not None:
+            return await _send(send, _answer(400, problem))
+        if guard is not None and guard.devices is not None and type(raw.get("device_id")) is str:
+            wait = guard.devices.take(raw["device_id"])
+            if wait:
+                return await _send(send, _too_many(wait))
+        fields = payload.clean(event, raw, self.metrics.drop if self.metrics is not None else None)
         assert self._writer is not None
         try:
             await self._writer.submit((utc_now(), event, fields))
@@ -310,6 +405,77 @@ class App:
             return await _send(send, UNAVAILABLE)
         self.log.stored()
         return await _send(send, STORED)
+
+    async def _admit(self, guard: Guard, scope: dict, authorization: bytes | None) -> tuple[dict, dict] | None:
+        """The refusal due before the body is read (a peer over its rate, wrong credentials), or None."""
+        if guard.peers is not None:
+            client = scope.get("client")
+            wait = guard.peers.take(peer_key(client[0]) if client else "")
+            if wait:
+                return _too_many(wait)
+        credentials = guard.credentials
+        if credentials is not None and not credentials.cached(authorization):
+            # scrypt, off the loop; requests with the same header at once share one check
+            checking = self._checking.get(authorization)
+            if checking is None:
+                checking = asyncio.get_running_loop().run_in_executor(None, credentials.check, authorization)
+                self._checking[authorization] = checking
+                checking.add_done_callback(lambda _: self._checking.pop(authorization, None))
+            if not await asyncio.shield(checking):
+                return UNAUTHORIZED
+        return None
+
+    async def _service(self, scope: dict, send: Callable) -> None:
+        """``/healthz``, ``/readyz`` and ``/metrics`` (the last for `metrics_from` peers only)."""
+        head = scope["method"] == "HEAD"
+        if scope["method"] not in ("GET", "HEAD"):
+            await _send(send, _plain(405, b"only GET is allowed here\n"))
+            return
+        if self._writer is None:
+            await asyncio.get_running_loop().run_in_executor(None, self.start)
+        path = scope["path"]
+        if path == "/healthz":
+            answer = _plain(200, b"ok\n")
+        elif path == "/readyz":
+            problem = await self._ready()
+            answer = (
+                _plain(200, b"ready\n") if problem is None else _plain(503, safe.printable(problem).encode() + b"\n")
+            )
+        else:
+            client = scope.get("client")
+            if not metrics_allowed(client[0] if client else None, self.metrics_from or ()):
+                answer = _plain(403, b"metrics are served to the networks of --metrics-from only\n")
+            elif self.metrics is None:
+                answer = _plain(503, b"metrics need prometheus_client: pip install 'clacky-ipy[collector]'\n")
+            else:
+                loop = asyncio.get_running_loop()
+                body, content_type = await loop.run_in_executor(None, self.metrics.exposition)
+                answer = _plain(200, body, content_type.encode())
+        await _send(send, answer, head=head)
+
+    async def _ready(self) -> str | None:
+        """None when the store answered a trivial query within `READY_TIMEOUT`, else why not."""
+        probe = self._probe
+        if probe is None:
+            return "not started"
+        if self._probing is None or self._probing.done():  # one check at a time: a stuck one is waited for
+            self._probing = asyncio.get_running_loop().run_in_executor(None, probe.check)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._probing), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            return f"the store did not answer within {READY_TIMEOUT:g} s"
+        except StoreError as exc:
+            return f"the store is unavailable: {exc}"
+        return None
+
+
+def _new_metrics() -> Any:
+    try:
+        from .metrics import Metrics
+
+        return Metrics()
+    except ImportError:  # prometheus_client missing: the collector still stores, /metrics says why not
+        return None
 
 
 async def _send(send: Callable, answer: tuple[dict, dict], head: bool = False) -> int:
@@ -341,9 +507,19 @@ def protocol_class() -> type:
 
         max_connections = MAX_CONNECTIONS
         read_timeout = READ_TIMEOUT
+        #: Whose metrics count open connections (the module's `app` under ``uvicorn --http``).
+        collector_app: App | None = None
+
+        def _gauge(self) -> Any:
+            metrics = (self.collector_app or app).metrics
+            return None if metrics is None else metrics.connections
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            gauge = self._gauge()
+            if gauge is not None:
+                gauge.inc()
+                self._counted = gauge
             self._deadline: asyncio.TimerHandle | None = None
             self._arm()
             if len(self.connections) > self.max_connections:
@@ -351,6 +527,10 @@ def protocol_class() -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            counted = getattr(self, "_counted", None)
+            if counted is not None:
+                counted.dec()
+                self._counted = None
             super().connection_lost(exc)
 
         # httptools' callbacks (h11 bounds the head itself): raising here makes the parser
@@ -444,7 +624,7 @@ def bind(host: str, port: int) -> socket.socket:
 def _uvicorn_server(application: App, verbose: bool, max_connections: int, read_timeout: float) -> Any:
     import uvicorn
 
-    limits = {"max_connections": max_connections, "read_timeout": read_timeout}
+    limits = {"max_connections": max_connections, "read_timeout": read_timeout, "collector_app": application}
     protocol = type("Protocol", (protocol_class(),), limits)
 
     class Server(uvicorn.Server):
@@ -485,6 +665,9 @@ class Collector:
         *,
         max_connections: int = MAX_CONNECTIONS,
         read_timeout: float = READ_TIMEOUT,
+        guard: Guard | None = None,
+        metrics_from: Sequence[str] | None = None,
+        retain_days: int | None = None,
     ) -> None:
         import uvicorn  # noqa: F401  # first: without the collector extra, nothing is bound or created
 
@@ -494,9 +677,14 @@ class Collector:
         except BaseException:
             self.socket.close()
             raise
-        self.app = App(store=self.store, verbose=verbose)
+        self.app = App(store=self.store, verbose=verbose, guard=guard or Guard(), metrics_from=metrics_from or LOOPBACK)
         self.server = _uvicorn_server(self.app, verbose, max_connections, read_timeout)
         self._thread: threading.Thread | None = None
+        self.retention = None
+        if retain_days is not None:
+            from .retention import Retention
+
+            self.retention = Retention(db, retain_days)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -511,12 +699,16 @@ class Collector:
 
     def serve(self) -> None:
         """Serve until `stop()`, SIGINT or SIGTERM; every acknowledged row is committed."""
+        if self.retention is not None:
+            self.retention.start()
         try:
             self.server.run(sockets=[self.socket])
         finally:
             self.app.stop()  # also after a forced exit, which skips the lifespan's shutdown
 
     def start(self) -> Collector:
+        if self.retention is not None:
+            self.retention.start()
         started = threading.Event()
         self._thread = threading.Thread(target=self._serve_in_thread, args=(started,), daemon=True)
         self._thread.start()
@@ -547,6 +739,8 @@ class Collector:
 
     def stop(self) -> None:
         self.server.should_exit = True
+        if self.retention is not None:
+            self.retention.stop()
         if self._thread is not None:
             self._thread.join()
             self._thread = None

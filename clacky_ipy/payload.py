@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 #: Path of each event on the telemetry server, relative to the endpoint.
 PATHS: dict[str, str] = {
@@ -80,8 +80,31 @@ LAUNCH_SOURCES = ("cli", "installer", *UNATTENDED_RUNNERS)
 #: Union of both events' keys, in a stable order: the collector's columns.
 COLUMNS: dict[str, str] = {**KEYS["startup"], **KEYS["task"]}
 
-TRIGGERS = ("magic", "cell", "api")
-STATUSES = ("success", "error", "interrupted")
+#: Keys whose value is one of a closed set: any other value is dropped (by client and collector
+#: alike), so a report never shows a category nobody defined. One table: extend the sets here.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "status": ("success", "error", "interrupted"),
+    "trigger": ("magic", "cell", "api"),
+    "cost_source": ("estimated", "api", "price"),
+    "launch_source": LAUNCH_SOURCES,
+    "frontend": ("terminal", "jupyter", "colab", "vscode"),
+    "container": ("docker",),
+}
+TRIGGERS = CHOICES["trigger"]
+STATUSES = CHOICES["status"]
+
+#: What a device id looks like: the gem's are 64 hex characters. The collector refuses an event
+#: whose `device_id` does not (400), so one script cannot invent devices without bound.
+DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+def device_id_problem(fields: Mapping[str, Any]) -> str | None:
+    """Why the raw `fields`' ``device_id`` is no device id, or None when it is one or is absent."""
+    value = fields.get("device_id")
+    if value is None or (type(value) is str and DEVICE_ID.fullmatch(value)):
+        return None
+    return "device_id must be 8 to 64 of A-Z, a-z, 0-9, _ and -"
+
 
 #: Agent result key -> payload key, as the gem's `extract_task_metrics` maps them.
 RESULT_KEYS = {
@@ -211,27 +234,44 @@ def _value(key: str, kind: str, value: Any) -> Any:
     return number(key, value)
 
 
-def clean(event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+#: Why `clean` left a key out, as `dropped` hears it: not a key of the event, a value of the
+#: wrong kind (or unreadable), a value outside the key's `CHOICES`, a malformed device id.
+DROP_REASONS = ("unknown_key", "bad_value", "not_in_choices", "bad_device_id")
+
+
+def clean(event: str, fields: Mapping[str, Any], dropped: Callable[[str, str], Any] | None = None) -> dict[str, Any]:
     """Keep only the event's keys, with values of the right kind; drop the rest.
 
     Strings are made valid UTF-8 and capped at `MAX_STR` characters; numbers must be
-    int or float (never bool) within `number`'s bounds; None is dropped rather than
+    int or float (never bool) within `number`'s bounds; a key of `CHOICES` keeps only
+    one of its values; a device id must match `DEVICE_ID`; None is dropped rather than
     sent as null; a value that cannot be read is left out, never raised. Client and
-    collector both call this: it is the one definition.
+    collector both call this: it is the one definition. `dropped(key, reason)` hears of
+    each key left out (key "" for one not in the vocabulary: its name is the sender's).
     """
     keys = KEYS[event]
     out = {}
-    for key, value in fields.items():
+    for key, raw in fields.items():
         kind = keys.get(key)
-        if kind is not None:
-            try:
-                value = _value(key, kind, value)
-            except BaseException as exc:  # a user's str or number subclass whose own methods raise: left out
-                if _propagates(exc):
-                    raise
-                continue
-            if value is not None:
-                out[key] = value
+        if kind is None:
+            if dropped is not None:
+                dropped("", DROP_REASONS[0])
+            continue
+        try:
+            value = _value(key, kind, raw)
+        except BaseException as exc:  # a user's str or number subclass whose own methods raise: left out
+            if _propagates(exc):
+                raise
+            value = None
+        reason = DROP_REASONS[1]
+        if value is not None and key in CHOICES and value not in CHOICES[key]:
+            value, reason = None, DROP_REASONS[2]
+        elif key == "device_id" and value is not None and not DEVICE_ID.fullmatch(value):
+            value, reason = None, DROP_REASONS[3]
+        if value is not None:
+            out[key] = value
+        elif dropped is not None:
+            dropped(key, reason)
     return out
 
 

@@ -26,7 +26,7 @@ from . import notice
 from .client import __version__
 from .config import DOCS_URL, mask_credentials
 from .safe import printable
-from .status import FORCED, SESSION_CONFIG_NOTE, machine_status, save_choice, status_text
+from .status import FORCED, SESSION_CONFIG_NOTE, device_text, machine_status, save_choice, status_text
 
 #: The URL prefix of the handlers, under the server's base_url.
 PREFIX = "clacky-telemetry"
@@ -55,6 +55,7 @@ def status_json(wait: float = DEVICE_ID_WAIT) -> dict[str, Any]:
         # as status prints it: control and bidi characters of a hostile brand.yml escaped
         "device_id": None if state["device_id"] is None else printable(state["device_id"]),
         "device_id_source": state["device_id_source"],
+        "device_text": device_text(state["device_id"]),  # the id as status shows it, or why none is
         "notice_seen": not state["notice_pending"],
         "notice": notice.NOTICE,
         "docs_url": DOCS_URL,

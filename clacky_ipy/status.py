@@ -51,6 +51,15 @@ def device_id_source(home: Path | None, stored: bool, random: bool = False) -> s
     return DEVICE_ID_COMPUTED
 
 
+def device_text(device_id: str | None) -> str:
+    """The device id as status shows it: as sent, escaped, or why none is."""
+    if device_id == "":
+        return "none sent: brand.yml's device_id is not an id (8 to 64 of A-Z, a-z, 0-9, _ and -)"
+    if device_id is None:
+        return "still being computed (brand.yml is slow to read); ask again in a moment"
+    return printable(device_id)  # it may be brand.yml's text: control and bidi characters escaped
+
+
 def status_text(status: Mapping[str, Any]) -> str:
     """The status as lines a person reads, credentials in URLs masked.
     Process counters appear only when `status` has them."""
@@ -72,9 +81,7 @@ def status_text(status: Mapping[str, Any]) -> str:
         f"Endpoint:     {status['endpoint']}"
         + (f" (fallbacks: {', '.join(status['fallback_endpoints'])})" if status["fallback_endpoints"] else "")
     )
-    device_id = status["device_id"] or "still being computed (brand.yml is slow to read); ask again in a moment"
-    device_id = printable(device_id)  # it may be brand.yml's text: control and bidi characters escaped
-    lines.append(f"Device id:    {device_id}")
+    lines.append(f"Device id:    {device_text(status['device_id'])}")
     if status.get("device_id_source"):
         pad = " " * 14
         lines.append(textwrap.fill(status["device_id_source"], width=100, initial_indent=pad, subsequent_indent=pad))

@@ -46,6 +46,9 @@ from typing import Any, Union
 
 from . import payload, reach
 
+#: A query inside `locked`: ``query(sql, params)`` -> its rows (none for a statement).
+Query = Callable[..., list]
+
 #: Summed per rollup row, next to the event count (tokens and requests are counts too).
 SUMS = payload.AMOUNTS
 #: The dimensions each event is counted by (besides ``all``), one rollup row each.
@@ -327,6 +330,37 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self.engine.close()
+
+    def probe(self) -> Probe:
+        """A `Probe` of this database on a connection of its own."""
+        return Probe(self.engine.sibling())
+
+
+class Probe:
+    """Readiness: a trivial query on a connection of its own, never the writer's (nor its lock)."""
+
+    def __init__(self, engine: _Engine) -> None:
+        self.engine = engine
+        self._connected = False
+
+    def check(self) -> None:
+        """Return once the database answered; `StoreError` (one line) when it cannot."""
+        try:
+            if not self._connected:
+                self.engine.connect(False)
+                self._connected = True
+            self.engine.read("SELECT COUNT(*) FROM meta", ())
+        except Exception as exc:
+            self.close()
+            raise exc if isinstance(exc, StoreError) else StoreError(_one_line(exc)) from None
+
+    def close(self) -> None:
+        if self._connected:
+            self._connected = False
+            try:
+                self.engine.close()
+            except Exception:
+                pass
 
 
 @dataclass
@@ -676,6 +710,21 @@ class _Engine:
     def write(self, work: Work, doing: str) -> None:
         raise NotImplementedError
 
+    def locked(self, work: Callable[[Query], Any]) -> Any:
+        """`work(query)` in one write transaction during which no collector writes (they wait)."""
+        raise NotImplementedError
+
+    def scratch(self, statements: list[tuple[str, list]]) -> None:
+        """Statements that read events and write temporary tables only: collectors go on writing."""
+        raise NotImplementedError
+
+    def sibling(self) -> _Engine:
+        """A new, unconnected engine for the same database."""
+        raise NotImplementedError
+
+    def checkpoint(self) -> None:
+        """After a large write: move it out of the write-ahead log without blocking writers."""
+
     # -- schema --------------------------------------------------------------------------------
     def prepare(self, create: bool, migrate: bool) -> None:
         """Check the database is ours (and current), and with `create` make what is missing."""
@@ -1005,6 +1054,39 @@ class _SQLite(_Engine):
         except sqlite3.Error as exc:
             raise self.error(doing, exc) from None
 
+    def locked(self, work: Callable[[Query], Any]) -> Any:
+        db = self.db
+        assert db is not None
+
+        def query(sql: str, params: Sequence[Any] = ()) -> list:
+            return db.execute(sql, list(params)).fetchall()
+
+        db.execute("BEGIN IMMEDIATE")  # SQLite's one write lock: collectors wait for the COMMIT
+        try:
+            out = work(query)
+            db.execute("COMMIT")
+            return out
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def scratch(self, statements: list[tuple[str, list]]) -> None:
+        for sql, params in statements:  # no BEGIN IMMEDIATE: only the temporary database is written
+            if params:
+                self.db.executemany(sql, params)
+            else:
+                self._run(sql)
+
+    def sibling(self) -> _Engine:
+        return _SQLite(self.file)
+
+    def checkpoint(self) -> None:
+        try:  # PASSIVE: never waits for, nor blocks, a writer; else the next commit would do it
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass
+
     def rebuild(self) -> int:
         try:
             return super().rebuild()
@@ -1203,6 +1285,25 @@ class _Postgres(_Engine):
                 time.sleep(0.01 * (attempt + 1))
             except self.psycopg.Error as exc:
                 raise self.error(doing, exc) from None
+
+    def locked(self, work: Callable[[Query], Any]) -> Any:
+        self._reconnect()
+        with self.db.transaction(), self.db.cursor() as cursor:
+            # Inserts take ROW EXCLUSIVE on events first, so none is half done while this is held.
+            cursor.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+
+            def query(sql: str, params: Sequence[Any] = ()) -> list:
+                cursor.execute(self._sql(sql), list(params))
+                return cursor.fetchall() if cursor.description else []
+
+            return work(query)
+
+    def scratch(self, statements: list[tuple[str, list]]) -> None:
+        self._reconnect()
+        self.transaction(statements)
+
+    def sibling(self) -> _Engine:
+        return _Postgres(self.url)
 
     def rebuild(self) -> int:
         # Collectors' inserts wait (they take the same table lock) rather than slip between statements.

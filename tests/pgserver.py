@@ -18,6 +18,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from pgcluster import Cluster, server_binaries, url_for
@@ -78,19 +79,26 @@ def postgres_cluster() -> Iterator[Cluster]:
         cluster.stop()
 
 
-@pytest.fixture
-def pg_url(postgres_server) -> Iterator[str]:
-    """A fresh, empty database on the session's server, dropped afterwards."""
+@contextmanager
+def fresh_database(server: dict[str, str]) -> Iterator[str]:
+    """The URL of a new, empty database on `server`, dropped afterwards."""
     import psycopg
 
     name = f"clacky_{uuid.uuid4().hex[:12]}"
-    admin = psycopg.connect(**{**postgres_server, "dbname": "postgres"}, autocommit=True)
+    admin = psycopg.connect(**{**server, "dbname": "postgres"}, autocommit=True)
     try:
         admin.execute(f"CREATE DATABASE {name}")
-        yield url_for(postgres_server, name)
+        yield url_for(server, name)
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         admin.close()
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped afterwards."""
+    with fresh_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -358,3 +358,48 @@ def test_demo_path_the_file_system_refuses(tmp_path, option):
     """`demo --notebook` / `--keep` with a name too long: one line, before any kernel starts."""
     one_line_error(run("demo", option, str(tmp_path / (LONG + ".ipynb"))), "clacky-ipy demo", "too long")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--credentials", "/nonexistent/credentials"], ["credentials file", "No such file"]),
+        (["--rate-limit", "fast"], ["not a rate"]),
+        (["--rate-limit", "5/fortnight"], ["not a rate"]),
+        (["--rate-limit", "0/s"], ["above 0"]),
+        (["--peer-rate-limit=-1/s"], ["not a rate"]),
+        (["--burst", "0"], ["--burst"]),
+        (["--retain-days", "0"], ["--retain-days"]),
+        (["--retain-days", "soon"], ["--retain-days"]),
+        (["--metrics-from", "10.0.0.0/33"], ["--metrics-from"]),
+    ],
+)
+def test_collect_service_options_refused_in_one_line_and_nothing_created(tmp_path, args, words):
+    db = tmp_path / "events.db"
+    one_line_error(run("collect", "--db", str(db), "--port", "0", *args), *words)
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("content", ["alice\n", "alice:plaintext\n", "# only a comment\n", ":scrypt$1$1$1$AA==$AA==\n"])
+def test_collect_refuses_a_credentials_file_that_is_wrong(tmp_path, content):
+    path = tmp_path / "credentials"
+    path.write_text(content)
+    one_line_error(run("collect", "--db", str(tmp_path / "e.db"), "--credentials", str(path)), "credentials file")
+
+
+@pytest.mark.parametrize("command", [["prune", "--older-than", "3"], ["forget", "a" * 64]])
+def test_prune_and_forget_on_a_missing_database(tmp_path, command):
+    one_line_error(run(command[0], "--db", str(tmp_path / "nope.db"), *command[1:]), "no database")
+
+
+def test_collect_refuses_a_metrics_folder_it_cannot_write(tmp_path):
+    db = tmp_path / "events.db"
+    proc = subprocess.run(
+        [PYTHON, "-m", "clacky_ipy", "collect", "--db", str(db), "--port", "0"],
+        env=subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "missing")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    one_line_error(proc, "PROMETHEUS_MULTIPROC_DIR")
+    assert not db.exists()

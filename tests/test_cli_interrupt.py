@@ -152,7 +152,15 @@ def database_commands() -> list[str]:
 
 #: What each database command needs besides --db to run, and what its line says when Ctrl-C stops
 #: it before it changed anything (a new command: add it here).
-ARGUMENTS: dict[str, tuple[list[str], str]] = {"report": ([], UNCHANGED), "rebuild": ([], UNCHANGED)}
+ARGUMENTS: dict[str, tuple[list[str], str]] = {
+    "report": ([], UNCHANGED),
+    "rebuild": ([], UNCHANGED),
+    "prune": (
+        ["--older-than", "7"],
+        "interrupted; what was deleted so far is gone, the rest kept; run it again to finish",
+    ),
+    "forget": (["device-1"], "interrupted; the devices are partly forgotten; run the same forget again to finish"),
+}
 
 
 @pytest.mark.parametrize("command", database_commands())

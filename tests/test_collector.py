@@ -33,10 +33,12 @@ def post(collector, path, body, **kw):
 
 
 def test_stores_documented_keys_with_server_time(collector):
-    response = post(collector, TASK, {"device_id": "d1", "status": "success", "duration_ms": 12, "history": ["x"]})
+    response = post(
+        collector, TASK, {"device_id": "device-01", "status": "success", "duration_ms": 12, "history": ["x"]}
+    )
     assert response.status_code == 201
     (row,) = collector.store.rows()
-    assert row["kind"] == "task" and row["device_id"] == "d1" and row["duration_ms"] == 12
+    assert row["kind"] == "task" and row["device_id"] == "device-01" and row["duration_ms"] == 12
     assert row["received_at"].endswith("Z") and row["received_at"][:4].isdigit()
     assert "history" not in row  # unknown keys are dropped, not stored
 
@@ -72,7 +74,7 @@ def test_bad_input_gets_a_4xx_is_not_stored_and_the_server_keeps_running(collect
     if status == 405:
         assert response.headers["Allow"] == "POST"
     assert collector.store.count() == 0
-    assert post(collector, STARTUP, {"device_id": "d"}).status_code == 201
+    assert post(collector, STARTUP, {"device_id": "device-00"}).status_code == 201
     assert collector.store.count() == 1
 
 
@@ -89,16 +91,18 @@ def test_missing_content_length_is_411(collector):
 
 
 def test_wrong_types_are_dropped_not_stored(collector):
-    post(collector, TASK, {"device_id": 5, "duration_ms": "slow", "status": "success", "ci": "yes"})
+    post(collector, TASK, {"version": 5, "duration_ms": "slow", "status": "success", "ci": "yes"})
     (row,) = collector.store.rows()
-    assert "device_id" not in row and "duration_ms" not in row and "ci" not in row and row["status"] == "success"
+    assert "version" not in row and "duration_ms" not in row and "ci" not in row and row["status"] == "success"
 
 
 def test_concurrent_clients_lose_nothing(collector):
     def client(n):
         with requests.Session() as s:
             for i in range(n):
-                assert s.post(collector.url + TASK, json={"device_id": f"d{i}", "iterations": i}, timeout=10).ok
+                assert s.post(
+                    collector.url + TASK, json={"device_id": f"device-{i:04}", "iterations": i}, timeout=10
+                ).ok
 
     threads = [threading.Thread(target=client, args=(50,)) for _ in range(8)]
     for t in threads:
@@ -185,8 +189,8 @@ def test_group_commit_answers_each_request_after_its_commit_on_both_engines(db_t
         def client(k: int) -> None:
             with requests.Session() as s:
                 for i in range(25):
-                    assert s.post(c.url + TASK, json={"device_id": f"g{k}", "iterations": i}, timeout=10).ok
-                    if reader.query("SELECT COUNT(*) FROM events WHERE device_id = ?", [f"g{k}"])[0][0] != i + 1:
+                    assert s.post(c.url + TASK, json={"device_id": f"device-g{k}", "iterations": i}, timeout=10).ok
+                    if reader.query("SELECT COUNT(*) FROM events WHERE device_id = ?", [f"device-g{k}"])[0][0] != i + 1:
                         lagging.append((k, i))
 
         threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
@@ -220,7 +224,7 @@ def test_a_signal_under_load_keeps_every_acknowledged_row(db_target, sig):
             for i in range(10_000):
                 if stop.is_set() and i % 50 == 0:
                     break
-                device = f"s{k}-{i}"
+                device = f"device-s{k}-{i}"
                 try:
                     if (
                         s.post(f"http://127.0.0.1:{port}{TASK}", json={"device_id": device}, timeout=5).status_code

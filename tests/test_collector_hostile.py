@@ -92,25 +92,25 @@ def server(tmp_path_factory):
 
 def still_serves(server) -> None:
     before = server.count()
-    assert server.post(json.dumps({"device_id": "legit"})).status_code == 201
+    assert server.post(json.dumps({"device_id": "legit-device"})).status_code == 201
     assert server.count() == before + 1
 
 
 HOSTILE_BODIES = {
     "nested 8000 deep": b'{"a": ' + b"[" * 8000 + b"]" * 8000 + b"}",
     "nested objects 3000 deep": b'{"a":' + b'{"":' * 3000 + b"1" + b"}" * 3000 + b"}",
-    "2**64": b'{"device_id": "d", "prompt_tokens": 18446744073709551616}',
-    "-2**64": b'{"device_id": "d", "prompt_tokens": -18446744073709551616}',
-    "10**400": b'{"device_id": "d", "completion_tokens": 1' + b"0" * 400 + b"}",
-    "10**5000 in an unknown key": b'{"device_id": "d", "history": 1' + b"0" * 5000 + b"}",
-    "1e400": b'{"device_id": "d", "cost_usd": 1e400}',
-    "NaN": b'{"device_id": "d", "cost_usd": NaN}',
-    "-Infinity": b'{"device_id": "d", "cost_usd": -Infinity}',
+    "2**64": b'{"device_id": "device-00", "prompt_tokens": 18446744073709551616}',
+    "-2**64": b'{"device_id": "device-00", "prompt_tokens": -18446744073709551616}',
+    "10**400": b'{"device_id": "device-00", "completion_tokens": 1' + b"0" * 400 + b"}",
+    "10**5000 in an unknown key": b'{"device_id": "device-00", "history": 1' + b"0" * 5000 + b"}",
+    "1e400": b'{"device_id": "device-00", "cost_usd": 1e400}',
+    "NaN": b'{"device_id": "device-00", "cost_usd": NaN}',
+    "-Infinity": b'{"device_id": "device-00", "cost_usd": -Infinity}',
     "lone surrogate": b'{"device_id": "\\ud800"}',
-    "lone low surrogate in a key": b'{"\\udc00": 1, "device_id": "d"}',
+    "lone low surrogate in a key": b'{"\\udc00": 1, "device_id": "device-00"}',
     "raw surrogate bytes": b'{"device_id": "\xed\xa0\x80"}',
     "not UTF-8": b'{"device_id": "\xff"}',
-    "UTF-16": '{"device_id": "d"}'.encode("utf-16"),
+    "UTF-16": '{"device_id": "device-00"}'.encode("utf-16"),
     "an array": b"[1, 2]",
     "empty": b"",
 }
@@ -128,7 +128,7 @@ def test_hostile_bodies_get_a_400_and_nothing_is_stored(server, name):
 
 def test_a_surrogate_pair_is_text_and_is_stored(server):
     before = server.count()
-    assert server.post(b'{"device_id": "\\ud83d\\ude00"}').status_code == 201
+    assert server.post(b'{"device_id": "device-00", "model": "\\ud83d\\ude00"}').status_code == 201
     assert server.count() == before + 1
 
 
@@ -201,7 +201,7 @@ def test_endless_headers_are_cut_off_and_hold_no_memory(server):
 
 def test_pipelined_requests_are_each_answered_once(server):
     before = server.count()
-    answer = server.raw(smuggled_post("a") + smuggled_post("b"), wait=2)
+    answer = server.raw(smuggled_post("device-a") + smuggled_post("device-b"), wait=2)
     assert answer.count(b"HTTP/1.1 201") == 2
     assert server.count() == before + 2
 
@@ -214,7 +214,7 @@ def test_a_burst_of_50_clients_is_served_without_resets(server):
     def client(i: int) -> None:
         barrier.wait()
         try:
-            results.append(server.post(json.dumps({"device_id": f"burst{i}"})).status_code)
+            results.append(server.post(json.dumps({"device_id": f"burst-{i:04}"})).status_code)
         except requests.RequestException as exc:
             results.append(exc)
 
@@ -272,7 +272,7 @@ def test_2000_idle_connections_are_bounded_and_a_legitimate_client_is_served(tmp
             idle.append(socket.create_connection(("127.0.0.1", s.port), timeout=5))
         time.sleep(1.0)
         start = time.monotonic()
-        assert s.post(json.dumps({"device_id": "legit"})).status_code == 201
+        assert s.post(json.dumps({"device_id": "legit-device"})).status_code == 201
         assert time.monotonic() - start < 5  # served now, not after the idle ones time out
         held = proc_status(s.proc.pid)
         assert held["Threads"] <= base["Threads"] + 2  # no thread per connection
@@ -329,7 +329,7 @@ def test_the_asgi_app_under_uvicorn_workers(tmp_path):
         def client(i: int) -> None:
             with requests.Session() as session:
                 for n in range(25):
-                    assert session.post(url + TASK, json={"device_id": f"w{i}", "iterations": n}, timeout=10).ok
+                    assert session.post(url + TASK, json={"device_id": f"device-w{i}", "iterations": n}, timeout=10).ok
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
         for t in threads:

@@ -84,7 +84,7 @@ class Clients:
         with requests.Session() as session:
             i = 0
             while not self._stop.is_set():
-                device = f"c{k}-{i}"
+                device = f"device-c{k}-{i}"
                 i += 1
                 sent = time.monotonic()
                 try:
@@ -157,7 +157,7 @@ def test_a_log_nobody_reads_never_holds_up_a_request_and_dropped_lines_are_count
         with requests.Session() as session:
             for i in range(750):
                 try:
-                    got = session.post(collect.url + TASK, json={"device_id": f"v{k}-{i}"}, timeout=DEADLINE)
+                    got = session.post(collect.url + TASK, json={"device_id": f"device-v{k}-{i}"}, timeout=DEADLINE)
                     statuses.append(got.status_code)
                 except requests.RequestException:
                     statuses.append(-1)
@@ -228,7 +228,7 @@ def test_it_stops_at_once_though_nobody_ever_reads_its_output(tmp_path):
     collect = Collect(str(db), "--verbose", pipe_size=4096)
     with requests.Session() as session:
         acked = sum(
-            session.post(collect.url + TASK, json={"device_id": f"t{i}"}, timeout=DEADLINE).status_code == 201
+            session.post(collect.url + TASK, json={"device_id": f"device-t{i}"}, timeout=DEADLINE).status_code == 201
             for i in range(300)
         )
     collect.proc.terminate()

@@ -28,7 +28,7 @@ def random_events(rng: random.Random, n: int = 300, devices: int = 12, days: int
     out = []
     for _ in range(n):
         day = START + timedelta(days=rng.randrange(days))
-        fields = {"device_id": f"d{rng.randrange(devices)}", "ci": rng.choice([True, False, None])}
+        fields = {"device_id": f"device-{rng.randrange(devices):03d}", "ci": rng.choice([True, False, None])}
         if rng.random() < 0.3:
             kind = "startup"
             fields.update(
@@ -255,7 +255,7 @@ def test_taking_devices_shares_out_leaves_the_figures_of_a_database_without_them
     """`store.device_shares` (what `forget` subtracts) equals never having stored those devices."""
     rng = random.Random(21)
     events = random_events(rng, n=200, devices=6)
-    gone = ["d1", "d4"]
+    gone = ["device-001", "device-004"]
     ingest(db_target, events, seed=2)
     store = open_store(db_target)
 

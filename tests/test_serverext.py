@@ -3,6 +3,7 @@ status, switch and notice, their authentication, and the saved choice the shell 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -33,6 +34,9 @@ def fetch(jp_fetch, jp_asyncio_loop, env, home):
         if raw is not None or body is not None:
             kwargs.setdefault("method", "POST")
             kwargs["body"] = raw if raw is not None else json.dumps(body)
+        # An earlier test's asyncio runner may have left this thread without a current loop,
+        # which tornado's client needs for its Future.
+        asyncio.set_event_loop(jp_asyncio_loop)
         try:
             response = jp_asyncio_loop.run_until_complete(jp_fetch("clacky-telemetry", path, **kwargs))
         except HTTPClientError as exc:

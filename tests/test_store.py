@@ -99,7 +99,7 @@ def test_missing_folder(tmp_path):
 def random_events(n=600, seed=7):
     """Plausible and awkward events over six days: missing keys, CI unset, zero and float durations."""
     rng = random.Random(seed)
-    devices = [f"dev{i}" for i in range(15)]
+    devices = [f"device-{i:02d}" for i in range(15)]  # ids the vocabulary keeps (8 to 64 characters)
     out = []
     for _ in range(n):
         at = f"2026-11-{rng.randrange(15, 21)}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00.000000Z"
@@ -461,12 +461,12 @@ def test_percentiles_from_merged_histograms_are_within_one_percent(values):
 
 
 def test_text_round_trips_on_both_engines(db_target):
-    fields = payload.clean("task", {"model": "модель-☃", "error_kind": "ValueError", "status": "error\ud800"})
+    fields = payload.clean("task", {"model": "модель-☃", "error_kind": "ValueError", "provider": "error\ud800"})
     store = open_store(db_target)
     store.add("task", fields)
     (row,) = store.rows()
     store.close()
-    assert row["model"] == "модель-☃" and row["status"] == "error\ufffd"
+    assert row["model"] == "модель-☃" and row["provider"] == "error\ufffd"
     assert report.build(db_target)["tasks_by_model"] == {"модель-☃": 1}
 
 
@@ -494,7 +494,7 @@ def test_two_collector_processes_on_one_postgres(pg_url):
             with requests.Session() as session:
                 for j in range(per_client):
                     url = f"http://127.0.0.1:{ports[(me + j) % 2]}/api/v1/telemetry/task"
-                    body = {"device_id": f"d{j % 3}", "status": "success", "iterations": me * 10_000 + j}
+                    body = {"device_id": f"device-{j % 3:02}", "status": "success", "iterations": me * 10_000 + j}
                     statuses.append(session.post(url, json=body, timeout=30).status_code)
 
         threads = [threading.Thread(target=client, args=(me,)) for me in range(4)]

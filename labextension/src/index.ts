@@ -27,6 +27,7 @@ export interface IStatus {
   fallback_endpoints: string[];
   device_id: string | null;
   device_id_source: string | null;
+  device_text: string;
   notice_seen: boolean;
   notice: string;
   docs_url: string;
@@ -241,7 +242,7 @@ class Panel extends Widget {
     this.docs.href = status.docs_url;
     this.device.textContent = status.device_id
       ? `${status.device_id}: ${status.device_id_source}`
-      : 'still being computed; open this again in a moment';
+      : status.device_text;
     this.scope.textContent = status.scope;
   }
 
