@@ -2,7 +2,7 @@
 
 A brand (or a curious user) runs its own with ``clacky-ipy collect --db events.db``, or
 under any ASGI server: ``CLACKY_COLLECTOR_DB=events.db uvicorn clacky_ipy.collector:app``
-(see README, "The collector and the report"). It answers 201 only once the row is
+(see README, "The collector", and docs/collector.md). It answers 201 only once the row is
 committed, stamps the time itself (UTC, server clock), never stores or logs the peer's
 address, and keeps only the vocabulary's keys (`payload.clean`, as the client does).
 

@@ -329,7 +329,7 @@ def task_metrics(result: Any) -> dict[str, Any]:
             return metrics
         for key, out in RESULT_KEYS.items():
             value = _plain(out, _get(result, key))
-            if value is not None:
+            if value is not None and (out not in CHOICES or value in CHOICES[out]):  # a status "0" is no status
                 metrics[out] = value
         duration = _duration_ms(_get(result, "duration_seconds"))
         if duration is not None:
