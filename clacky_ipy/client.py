@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from . import notice, payload
+from . import agents, notice, payload
 from .config import (
     ClackyTelemetry,
     env_off_reason,
@@ -442,8 +442,6 @@ class Client:
         trigger, error, measured, result, fields, info = data
         if info is not None and is_extension_cell(getattr(info, "raw_cell", None)):
             return None
-        from . import agents  # on the worker: reading results is no part of %load_ext
-
         event = agents.task_metrics(result, fields)
         event["trigger"] = trigger
         event["status"] = payload.status_of(error, event.get("status"))
@@ -705,8 +703,6 @@ class Tracker:
         """What the event is built from: `result`, and every result added, as one `agents.Runs`."""
         if not self._added:
             return self.result
-        from . import agents
-
         return agents.Runs([*self._added, self.result] if self.result is not None else self._added)
 
 
