@@ -101,12 +101,30 @@ def read_brand_file(home: Path | None) -> dict[str, Any]:
         data = _brand_text(home)
         if data is None:
             return {}
-        import yaml  # lazy: only the worker thread pays for it
-
-        data = yaml.safe_load(data)
+        data = _parse_brand(data)
     except Exception:  # OSError, UnicodeDecodeError, YAMLError, RecursionError, MemoryError
         return {}
     return data if isinstance(data, dict) else {}
+
+
+#: Brackets open at once beyond which brand.yml is no file the gem wrote (a flat mapping): refused
+#: before parsing, since PyYAML's pure-Python parser slows down super-linearly with nesting depth.
+MAX_BRAND_NESTING = 32
+
+
+def _parse_brand(text: str) -> Any:
+    """brand.yml's text as YAML (safe loader); ValueError when it nests deeper than `MAX_BRAND_NESTING`."""
+    depth = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            if depth > MAX_BRAND_NESTING:
+                raise ValueError("brand.yml nests too deep")
+        elif char in "]}" and depth:
+            depth -= 1
+    import yaml  # lazy: only the worker thread pays for it
+
+    return yaml.safe_load(text)
 
 
 def _brand_text(home: Path | None) -> str | None:
@@ -150,8 +168,8 @@ def reset_device_id(home: Path | None) -> Path:
     path = home / "brand.yml"
     try:
         text = _brand_text(home) or ""
-        data = yaml.safe_load(text) if text.strip() else {}
-    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        data = _parse_brand(text) if text.strip() else {}
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as exc:
         raise OSError(f"{path} is not valid YAML ({type(exc).__name__}): not touching it") from None
     if not isinstance(data, dict):
         raise OSError(f"{path} does not hold a YAML mapping: not touching it")
